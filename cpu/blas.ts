@@ -1,0 +1,176 @@
+/**
+ * CBLAS through Deno FFI: OpenBLAS by default, any CBLAS by environment.
+ *
+ * `MEC_BLAS` names the library file to load (a path or a soname); otherwise
+ * the usual OpenBLAS sonames are tried. `MEC_BLAS_THREADS` sets the thread
+ * count (OpenBLAS only; other libraries keep their own setting).
+ *
+ * Buffers are passed as typed arrays ("buffer" arguments): Deno passes their
+ * address without copying, and this costs far less per call than building a
+ * pointer object (see shared/reference/measured.md). Integers stay i32.
+ *
+ * @module
+ */
+
+const symbols = {
+  cblas_sgemm: {
+    parameters: [
+      "i32", // order
+      "i32", // transA
+      "i32", // transB
+      "i32", // m
+      "i32", // n
+      "i32", // k
+      "f32", // alpha
+      "buffer", // A
+      "i32", // lda
+      "buffer", // B
+      "i32", // ldb
+      "f32", // beta
+      "buffer", // C
+      "i32", // ldc
+    ],
+    result: "void",
+  },
+  cblas_sdot: {
+    parameters: ["i32", "buffer", "i32", "buffer", "i32"],
+    result: "f32",
+  },
+  openblas_set_num_threads: {
+    parameters: ["i32"],
+    result: "void",
+    optional: true,
+  },
+  openblas_get_num_threads: {
+    parameters: [],
+    result: "i32",
+    optional: true,
+  },
+} as const;
+
+const ROW_MAJOR = 101;
+const NO_TRANS = 111;
+const TRANS = 112;
+
+/** Sonames tried in order when `MEC_BLAS` is not set. */
+const DEFAULT_NAMES = [
+  "libopenblas.so.0",
+  "libopenblas.so",
+  "libopenblas.dylib",
+  "libopenblas.dll",
+];
+
+/** The few CBLAS calls the CPU backend makes, with row-major semantics. */
+export interface Blas {
+  /** The library file that was loaded. */
+  readonly path: string;
+  /**
+   * `C = alpha * op(A) op(B) + beta * C`, row-major. Pass subarrays to start
+   * at an offset. Sizes are trusted: check them before calling.
+   */
+  sgemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): void;
+  sdot(
+    n: number,
+    x: Float32Array,
+    incx: number,
+    y: Float32Array,
+    incy: number,
+  ): number;
+  /** Sets the thread count (OpenBLAS); returns false if the library cannot. */
+  setThreads(n: number): boolean;
+  /** The thread count, or 0 if the library does not say. */
+  threads(): number;
+}
+
+let loaded: Blas | null = null;
+
+/** Loads the CBLAS library once per process (on first use). */
+export function blas(): Blas {
+  if (loaded === null) loaded = openBlas();
+  return loaded;
+}
+
+function openBlas(): Blas {
+  const env = Deno.env.get("MEC_BLAS");
+  const candidates = env ? [env] : DEFAULT_NAMES;
+  const failures: string[] = [];
+  for (const name of candidates) {
+    try {
+      const lib = Deno.dlopen(name, symbols);
+      return wrap(lib, name);
+    } catch (e) {
+      failures.push(`${name}: ${(e as Error).message}`);
+    }
+  }
+  const tried = candidates.join(", ");
+  const hint = env
+    ? `MEC_BLAS names "${env}", which could not be loaded`
+    : `no OpenBLAS library was found (tried ${tried})`;
+  throw new Error(
+    `${hint}; install OpenBLAS (Debian/Ubuntu: apt-get install libopenblas0-pthread) ` +
+      `or set MEC_BLAS to the path of a CBLAS library. Loader said: ${
+        failures.at(-1)
+      }`,
+  );
+}
+
+function wrap(lib: Deno.DynamicLibrary<typeof symbols>, path: string): Blas {
+  const s = lib.symbols;
+  const b: Blas = {
+    path,
+    sgemm(transA, transB, m, n, k, alpha, a, lda, bb, ldb, beta, c, ldc) {
+      s.cblas_sgemm(
+        ROW_MAJOR,
+        transA ? TRANS : NO_TRANS,
+        transB ? TRANS : NO_TRANS,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        lda,
+        bb,
+        ldb,
+        beta,
+        c,
+        ldc,
+      );
+    },
+    sdot(n, x, incx, y, incy) {
+      return s.cblas_sdot(n, x, incx, y, incy);
+    },
+    setThreads(n) {
+      if (!s.openblas_set_num_threads) return false;
+      s.openblas_set_num_threads(n);
+      return true;
+    },
+    threads() {
+      return s.openblas_get_num_threads ? s.openblas_get_num_threads() : 0;
+    },
+  };
+  const threads = Deno.env.get("MEC_BLAS_THREADS");
+  if (threads !== undefined) {
+    const n = Number(threads);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new Error(
+        `MEC_BLAS_THREADS must be a positive integer, got "${threads}"`,
+      );
+    }
+    b.setThreads(n);
+  }
+  return b;
+}

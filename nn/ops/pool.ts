@@ -1,0 +1,65 @@
+/**
+ * Pooling: max pooling with a window and global average pooling.
+ *
+ * @module
+ */
+
+import type { PoolDesc } from "../backend.ts";
+import { formatShape, recordGrad, Tensor } from "../tensor.ts";
+import { expectRank, pair } from "./util.ts";
+
+export interface MaxPool2dOptions {
+  kernelSize: number | [number, number];
+  /** Defaults to the kernel size, as in PyTorch. */
+  stride?: number | [number, number];
+  padding?: number | [number, number];
+}
+
+/** PyTorch's `F.max_pool2d` (ceil_mode false, dilation 1). */
+export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
+  expectRank("maxPool2d", x, [4]);
+  const [kh, kw] = pair(opts.kernelSize);
+  const [strideH, strideW] = pair(opts.stride ?? opts.kernelSize);
+  const [padH, padW] = pair(opts.padding ?? 0);
+  for (const v of [kh, kw, strideH, strideW]) {
+    if (!Number.isInteger(v) || v < 1) {
+      throw new RangeError(`maxPool2d: kernel size and stride must be positive integers, got ${v}`);
+    }
+  }
+  if (!(padH >= 0 && padW >= 0 && 2 * padH <= kh && 2 * padW <= kw)) {
+    throw new RangeError(
+      `maxPool2d: padding must be between 0 and half the kernel size, got ${padH}, ${padW} for kernel ${kh}x${kw}`,
+    );
+  }
+  const [n, c, h, w] = x.shape;
+  const oh = Math.floor((h + 2 * padH - kh) / strideH) + 1;
+  const ow = Math.floor((w + 2 * padW - kw) / strideW) + 1;
+  if (oh < 1 || ow < 1) {
+    throw new RangeError(`maxPool2d: the ${kh}x${kw} window is larger than the padded input ${formatShape(x.shape)}`);
+  }
+  const d: PoolDesc = { n, c, h, w, kh, kw, strideH, strideW, padH, padW, oh, ow };
+  const backend = x.backend;
+  const out = Tensor.empty(backend, [n, c, oh, ow]);
+  backend.maxPoolForward(x.buffer, out.buffer, d);
+  return recordGrad(out, "maxPool2d", [x], (g) => {
+    const gx = Tensor.empty(backend, x.shape);
+    backend.maxPoolBackward(x.buffer, out.buffer, g.buffer, gx.buffer, d);
+    return [gx];
+  });
+}
+
+/** Mean over each plane: [n, c, h, w] -> [n, c, 1, 1] (AdaptiveAvgPool2d(1)). */
+export function globalAvgPool2d(x: Tensor): Tensor {
+  expectRank("globalAvgPool2d", x, [4]);
+  const [n, c, h, w] = x.shape;
+  const backend = x.backend;
+  const out = Tensor.empty(backend, [n, c, 1, 1]);
+  const shape = [1, n * c, h * w] as const;
+  const small = [1, n * c, 1] as const;
+  backend.reduceSum(1 / (h * w), x.buffer, shape, 0, out.buffer, small);
+  return recordGrad(out, "globalAvgPool2d", [x], (g) => {
+    const gx = Tensor.empty(backend, x.shape);
+    backend.addTensor(1 / (h * w), g.buffer, small, 0, gx.buffer, shape);
+    return [gx];
+  });
+}
