@@ -109,12 +109,14 @@ function openBlas(): Blas {
   const candidates = env ? [env] : DEFAULT_NAMES;
   const failures: string[] = [];
   for (const name of candidates) {
+    let lib: Deno.DynamicLibrary<typeof symbols>;
     try {
-      const lib = Deno.dlopen(name, symbols);
-      return wrap(lib, name);
+      lib = Deno.dlopen(name, symbols);
     } catch (e) {
       failures.push(`${name}: ${(e as Error).message}`);
+      continue;
     }
+    return wrap(lib, name);
   }
   const tried = candidates.join(", ");
   const hint = env

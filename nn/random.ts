@@ -9,9 +9,15 @@
  * @module
  */
 
+/** SplitMix32: advances the state by a constant and returns a mixed word. */
 function splitmix32(state: { s: number }): number {
   state.s = (state.s + 0x9e3779b9) | 0;
-  let z = state.s;
+  return mix32(state.s);
+}
+
+/** A bijective, nonlinear scrambling of a 32-bit word (MurmurHash3's finaliser). */
+function mix32(x: number): number {
+  let z = x;
   z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
   z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
   return (z ^ (z >>> 16)) >>> 0;
@@ -26,17 +32,17 @@ export class Generator {
    * epoch, index)` gives a stream that depends only on those numbers.
    */
   constructor(seed: number, ...keys: number[]) {
-    const state = { s: 0 };
+    // Hash the seed and keys, word by word, into SplitMix32's starting state;
+    // the scrambling between words makes the order of keys matter.
+    let h = 0x243f6a88;
     for (const k of [seed, ...keys]) {
       if (!Number.isSafeInteger(k)) {
         throw new RangeError(`Generator: seeds and keys must be integers, got ${k}`);
       }
-      // Mix both 32-bit halves of each key into the running state.
-      state.s = (state.s ^ (k >>> 0)) | 0;
-      splitmix32(state);
-      state.s = (state.s ^ Math.floor(k / 0x100000000)) | 0;
-      splitmix32(state);
+      h = mix32((h ^ (k >>> 0)) + 0x9e3779b9);
+      h = mix32((h ^ Math.floor(k / 0x100000000)) + 0x9e3779b9);
     }
+    const state = { s: h | 0 };
     for (let i = 0; i < 4; i++) this.#s[i] = splitmix32(state);
     if ((this.#s[0] | this.#s[1] | this.#s[2] | this.#s[3]) === 0) this.#s[0] = 1;
   }

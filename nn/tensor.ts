@@ -311,10 +311,13 @@ export function scope<T>(fn: () => T): T {
     if (result instanceof Promise) {
       throw new TypeError("scope() takes a synchronous function");
     }
-  } finally {
-    scopes.pop();
+  } catch (e) {
     // On an exception everything made inside is released too.
+    scopes.pop();
+    for (const t of own) t.dispose();
+    throw e;
   }
+  scopes.pop();
   const escaping = new Set<Tensor>();
   collectTensors(result, escaping);
   for (const t of own) {

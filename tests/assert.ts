@@ -7,7 +7,9 @@ export function assertThrows(fn: () => unknown, pattern: RegExp): void {
   assert.throws(fn, (e: unknown) => {
     if (!(e instanceof Error)) return false;
     if (!pattern.test(e.message)) {
-      throw new assert.AssertionError({ message: `error message "${e.message}" does not match ${pattern}` });
+      throw new assert.AssertionError({
+        message: `error message "${e.message}" does not match ${pattern}`,
+      });
     }
     return true;
   });

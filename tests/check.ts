@@ -30,7 +30,9 @@ export function assertClose(
     });
   }
   let scale = 0;
-  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]));
+  for (let i = 0; i < expected.length; i++) {
+    scale = Math.max(scale, Math.abs(expected[i]));
+  }
   let worst = -1;
   let worstExcess = 0;
   for (let i = 0; i < expected.length; i++) {
@@ -51,7 +53,12 @@ export function assertClose(
 }
 
 /** Random float32-representable values, as float64. */
-export function randomValues(gen: Generator, n: number, low = -1, high = 1): Float64Array {
+export function randomValues(
+  gen: Generator,
+  n: number,
+  low = -1,
+  high = 1,
+): Float64Array {
   const values = new Float32Array(n);
   gen.fillUniform(values, low, high);
   return Float64Array.from(values);
@@ -77,11 +84,19 @@ export interface GradCase {
  * autograd with a random upstream gradient dy, i.e. of sum(op(x) * dy))
  * against central differences of sum(ref(x) * dy) in float64.
  */
-export function checkGradients(name: string, c: GradCase, gen = new Generator(7)): void {
+export function checkGradients(
+  name: string,
+  c: GradCase,
+  gen = new Generator(7),
+): void {
   const expected = c.ref(...c.inputs.map((i) => i.data));
   const dy = randomValues(gen, expected.length);
   const { out, grads } = scope(() => {
-    const xs = c.inputs.map((i) => tensor(Float32Array.from(i.data), i.shape, { requiresGrad: i.grad ?? true }));
+    const xs = c.inputs.map((i) =>
+      tensor(Float32Array.from(i.data), i.shape, {
+        requiresGrad: i.grad ?? true,
+      })
+    );
     const y = c.op(...xs);
     const loss = sum(mul(y, tensor(Float32Array.from(dy), y.shape)));
     loss.backward();
@@ -113,7 +128,16 @@ export function checkGradients(name: string, c: GradCase, gen = new Generator(7)
       numeric[i] = (up - down) / (2 * h);
     }
     const got = grads[q];
-    if (got === null) throw new AssertionError({ message: `${name}: input ${q} got no gradient` });
-    assertClose(got, numeric, `${name} gradient of input ${q}`, c.backward ?? { rtol: 1e-4, atol: 1e-4 });
+    if (got === null) {
+      throw new AssertionError({
+        message: `${name}: input ${q} got no gradient`,
+      });
+    }
+    assertClose(
+      got,
+      numeric,
+      `${name} gradient of input ${q}`,
+      c.backward ?? { rtol: 1e-4, atol: 1e-4 },
+    );
   });
 }

@@ -5,7 +5,12 @@ import { matmulRef } from "./reference.ts";
 
 const gen = new Generator(1);
 
-for (const [transA, transB] of [[false, false], [true, false], [false, true], [true, true]]) {
+for (
+  const [transA, transB] of [[false, false], [true, false], [false, true], [
+    true,
+    true,
+  ]]
+) {
   Deno.test(`matmul() matches the float64 reference and finite differences (transA ${transA}, transB ${transB})`, () => {
     const [m, k, n] = [5, 7, 3];
     const aShape = transA ? [k, m] : [m, k];
@@ -38,14 +43,17 @@ Deno.test("linear() with and without bias matches x W^T + b", () => {
   const [n, inF, outF] = [4, 6, 3];
   const ref = (x: Float64Array, w: Float64Array, b?: Float64Array) => {
     const y = matmulRef(x, [n, inF], w, [outF, inF], false, true);
-    if (b) for (let i = 0; i < y.length; i++) y[i] += b[i % outF];
+    if (b) { for (let i = 0; i < y.length; i++) y[i] += b[i % outF]; }
     return y;
   };
   const x = randomValues(gen, n * inF);
   const w = randomValues(gen, outF * inF);
   const b = randomValues(gen, outF);
   checkGradients("linear with bias", {
-    inputs: [{ data: x, shape: [n, inF] }, { data: w, shape: [outF, inF] }, { data: b, shape: [outF] }],
+    inputs: [{ data: x, shape: [n, inF] }, { data: w, shape: [outF, inF] }, {
+      data: b,
+      shape: [outF],
+    }],
     op: (x, w, b) => linear(x, w, b),
     ref: (x, w, b) => ref(x, w, b),
   });
@@ -85,9 +93,24 @@ Deno.test("trace of a matrix power matches the reference (the MEC series' buildi
 
 Deno.test("matmul(), linear() and trace() name the op and shapes on bad input", async () => {
   const { zeros } = await import("../mod.ts");
-  assertThrows(() => matmul(zeros([2, 3]), zeros([4, 5])), /matmul: shapes \[2, 3\] and \[4, 5\] cannot be multiplied/);
-  assertThrows(() => matmul(zeros([2, 3, 1]), zeros([3, 5])), /matmul: expected a 2-D first operand, got shape \[2, 3, 1\]/);
-  assertThrows(() => linear(zeros([2, 3]), zeros([4, 5])), /linear: input \[2, 3\] does not match weight \[4, 5\]/);
-  assertThrows(() => linear(zeros([2, 3]), zeros([4, 3]), zeros([5])), /linear: bias of shape \[5\]/);
-  assertThrows(() => trace(zeros([2, 3])), /trace: expected a square matrix, got shape \[2, 3\]/);
+  assertThrows(
+    () => matmul(zeros([2, 3]), zeros([4, 5])),
+    /matmul: shapes \[2, 3\] and \[4, 5\] cannot be multiplied/,
+  );
+  assertThrows(
+    () => matmul(zeros([2, 3, 1]), zeros([3, 5])),
+    /matmul: expected a 2-D first operand, got shape \[2, 3, 1\]/,
+  );
+  assertThrows(
+    () => linear(zeros([2, 3]), zeros([4, 5])),
+    /linear: input \[2, 3\] does not match weight \[4, 5\]/,
+  );
+  assertThrows(
+    () => linear(zeros([2, 3]), zeros([4, 3]), zeros([5])),
+    /linear: bias of shape \[5\]/,
+  );
+  assertThrows(
+    () => trace(zeros([2, 3])),
+    /trace: expected a square matrix, got shape \[2, 3\]/,
+  );
 });

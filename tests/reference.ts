@@ -15,8 +15,10 @@ export function matmulRef(
 ): F64 {
   const [m, k] = transA ? [aShape[1], aShape[0]] : aShape;
   const n = transB ? bShape[0] : bShape[1];
-  const at = (i: number, p: number) => transA ? a[p * aShape[1] + i] : a[i * aShape[1] + p];
-  const bt = (p: number, j: number) => transB ? b[j * bShape[1] + p] : b[p * bShape[1] + j];
+  const at = (i: number, p: number) =>
+    transA ? a[p * aShape[1] + i] : a[i * aShape[1] + p];
+  const bt = (p: number, j: number) =>
+    transB ? b[j * bShape[1] + p] : b[p * bShape[1] + j];
   const out = new Float64Array(m * n);
   for (let i = 0; i < m; i++) {
     for (let j = 0; j < n; j++) {
@@ -40,7 +42,12 @@ export interface ConvRefDesc {
   pad: [number, number];
 }
 
-export function conv2dRef(x: F64, w: F64, bias: F64 | null, d: ConvRefDesc): F64 {
+export function conv2dRef(
+  x: F64,
+  w: F64,
+  bias: F64 | null,
+  d: ConvRefDesc,
+): F64 {
   const oh = Math.floor((d.h + 2 * d.pad[0] - d.r) / d.stride[0]) + 1;
   const ow = Math.floor((d.w + 2 * d.pad[1] - d.s) / d.stride[1]) + 1;
   const out = new Float64Array(d.n * d.k * oh * ow);
@@ -88,11 +95,15 @@ export function batchNormRef(
       continue;
     }
     let sum = 0;
-    for (let i = 0; i < n; i++) for (let j = 0; j < s; j++) sum += x[(i * c + ch) * s + j];
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < s; j++) sum += x[(i * c + ch) * s + j];
+    }
     mean[ch] = sum / (n * s);
     let sq = 0;
     for (let i = 0; i < n; i++) {
-      for (let j = 0; j < s; j++) sq += (x[(i * c + ch) * s + j] - mean[ch]) ** 2;
+      for (let j = 0; j < s; j++) {
+        sq += (x[(i * c + ch) * s + j] - mean[ch]) ** 2;
+      }
     }
     variance[ch] = sq / (n * s);
   }
@@ -128,7 +139,9 @@ export function maxPoolRef(
           for (let q = 0; q < k[1]; q++) {
             const y = i * stride[0] + r - pad[0];
             const xx = j * stride[1] + q - pad[1];
-            if (y >= 0 && y < h && xx >= 0 && xx < w) best = Math.max(best, x[(p * h + y) * w + xx]);
+            if (y >= 0 && y < h && xx >= 0 && xx < w) {
+              best = Math.max(best, x[(p * h + y) * w + xx]);
+            }
           }
         }
         out[(p * oh + i) * ow + j] = best;
@@ -138,7 +151,12 @@ export function maxPoolRef(
   return out;
 }
 
-export function normalizeRef(x: F64, rows: number, cols: number, eps: number): F64 {
+export function normalizeRef(
+  x: F64,
+  rows: number,
+  cols: number,
+  eps: number,
+): F64 {
   const out = new Float64Array(x.length);
   for (let i = 0; i < rows; i++) {
     let sq = 0;
@@ -149,7 +167,12 @@ export function normalizeRef(x: F64, rows: number, cols: number, eps: number): F
   return out;
 }
 
-export function crossEntropyRef(x: F64, rows: number, cols: number, labels: number[]): F64 {
+export function crossEntropyRef(
+  x: F64,
+  rows: number,
+  cols: number,
+  labels: number[],
+): F64 {
   const out = new Float64Array(rows);
   for (let i = 0; i < rows; i++) {
     let max = -Infinity;

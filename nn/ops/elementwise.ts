@@ -56,7 +56,11 @@ function fold(op: string, a: Tensor, b: Tensor): Folded {
     );
   }
   const f = foldBroadcast(out, (broadcast === "a" ? a : b).shape);
-  if (f === null) throw fail();
+  if (f === null) {
+    throw new RangeError(
+      `${op}: broadcasting ${shapesOf(a, b)} alternates kept and broadcast dimensions more than three times; reshape first`,
+    );
+  }
   return { out, shape: f.shape, small: f.smallShape, broadcast };
 }
 

@@ -1,0 +1,42 @@
+import { blas } from "../cpu/mod.ts";
+import { assert } from "./assert.ts";
+
+async function runWith(env: Record<string, string>, code: string) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--no-config", code],
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return { code: out.code, stderr: new TextDecoder().decode(out.stderr), stdout: new TextDecoder().decode(out.stdout) };
+}
+
+const blasModule = new URL("../cpu/blas.ts", import.meta.url).href;
+
+Deno.test("a missing BLAS library gives one sentence naming it and the package", async () => {
+  const r = await runWith(
+    { MEC_BLAS: "/nonexistent/libcblas.so" },
+    `import { blas } from "${blasModule}"; try { blas(); } catch (e) { console.error(e.message); Deno.exit(3); }`,
+  );
+  assert.equal(r.code, 3);
+  assert.match(r.stderr, /MEC_BLAS names "\/nonexistent\/libcblas.so", which could not be loaded; install OpenBLAS \(Debian\/Ubuntu: apt-get install libopenblas0-pthread\)/);
+});
+
+Deno.test("MEC_BLAS_THREADS sets OpenBLAS's thread count and rejects nonsense", async () => {
+  const ok = await runWith({ MEC_BLAS_THREADS: "1" }, `import { blas } from "${blasModule}"; console.log(blas().threads());`);
+  assert.equal(ok.stdout.trim(), "1");
+  const bad = await runWith({ MEC_BLAS_THREADS: "two" }, `import { blas } from "${blasModule}"; try { blas(); } catch (e) { console.error(e.message); Deno.exit(3); }`);
+  assert.match(bad.stderr, /MEC_BLAS_THREADS must be a positive integer, got "two"/);
+});
+
+Deno.test("sgemm() through FFI computes row-major products with transposes and beta", () => {
+  const b = blas();
+  const a = Float32Array.of(1, 2, 3, 4, 5, 6); // 2x3
+  const m = Float32Array.of(1, 0, 0, 1, 1, 1); // 3x2
+  const c = Float32Array.of(1, 1, 1, 1);
+  b.sgemm(false, false, 2, 2, 3, 1, a, 3, m, 2, 1, c, 2);
+  assert.deepEqual([...c], [1 + 1 + 3, 1 + 2 + 3, 1 + 4 + 6, 1 + 5 + 6]);
+  const t = new Float32Array(4);
+  b.sgemm(false, true, 2, 2, 3, 2, a, 3, a, 3, 0, t, 2); // 2 * A A^T
+  assert.deepEqual([...t], [28, 64, 64, 154]);
+});
