@@ -60,7 +60,9 @@ export class Scratch {
   get(length: number): Float32Array {
     if (this.#array.length < length) {
       // Grow by half again so that slowly rising sizes do not reallocate often.
-      this.#array = new Float32Array(Math.max(length, this.#array.length * 1.5 | 0));
+      this.#array = new Float32Array(
+        Math.max(length, this.#array.length * 1.5 | 0),
+      );
     }
     return this.#array;
   }

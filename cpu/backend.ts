@@ -16,6 +16,7 @@ import type {
   GemmArgs,
   MemoryInfo,
   PoolDesc,
+  SgdStep,
   UnaryOp,
 } from "../nn/backend.ts";
 import { CachingAllocator, Scratch } from "./allocator.ts";
@@ -24,6 +25,7 @@ import * as bn from "./batchnorm.ts";
 import * as conv from "./conv.ts";
 import * as ew from "./elementwise.ts";
 import * as pool from "./pool.ts";
+import * as optim from "./optim.ts";
 import * as rows from "./rows.ts";
 
 /** Host memory handed out by the CPU backend. */
@@ -374,6 +376,33 @@ export class CpuBackend implements Backend {
 
   unary(op: UnaryOp, x: DataBuffer, y: DataBuffer, length: number): void {
     ew.unary(op, host(x), host(y), length);
+  }
+
+  sgdUpdate(
+    param: DataBuffer,
+    grad: DataBuffer,
+    momentumBuffer: DataBuffer | null,
+    length: number,
+    step: SgdStep,
+  ): void {
+    optim.sgdUpdate(
+      host(param),
+      host(grad),
+      hostOrNull(momentumBuffer),
+      length,
+      step,
+    );
+  }
+
+  larsAdapt(
+    param: DataBuffer,
+    grad: DataBuffer,
+    length: number,
+    trust: number,
+    weightDecay: number,
+    eps: number,
+  ): void {
+    optim.larsAdapt(host(param), host(grad), length, trust, weightDecay, eps);
   }
 
   l2NormalizeForward(

@@ -60,7 +60,9 @@ function binaryRow(
   switch (op) {
     case "add":
       if (beta === 0) {
-        for (let j = base; j < end; j++) c[j] = alpha1 * a[j] + alpha2 * b[j + off];
+        for (let j = base; j < end; j++) {
+          c[j] = alpha1 * a[j] + alpha2 * b[j + off];
+        }
       } else {
         for (let j = base; j < end; j++) {
           c[j] = alpha1 * a[j] + alpha2 * b[j + off] + beta * c[j];
@@ -72,7 +74,9 @@ function binaryRow(
       if (beta === 0) {
         for (let j = base; j < end; j++) c[j] = k * a[j] * b[j + off];
       } else {
-        for (let j = base; j < end; j++) c[j] = k * a[j] * b[j + off] + beta * c[j];
+        for (let j = base; j < end; j++) {
+          c[j] = k * a[j] * b[j + off] + beta * c[j];
+        }
       }
       return;
     }
@@ -101,12 +105,15 @@ function binaryScalar(
   const end = base + len;
   switch (op) {
     case "add":
-      if (beta === 0) for (let j = base; j < end; j++) c[j] = alpha1 * a[j] + bv;
-      else for (let j = base; j < end; j++) c[j] = alpha1 * a[j] + bv + beta * c[j];
+      if (beta === 0) {
+        for (let j = base; j < end; j++) c[j] = alpha1 * a[j] + bv;
+      } else {for (let j = base; j < end; j++) {
+          c[j] = alpha1 * a[j] + bv + beta * c[j];
+        }}
       return;
     case "mul": {
       const k = alpha1 * bv;
-      if (beta === 0) for (let j = base; j < end; j++) c[j] = k * a[j];
+      if (beta === 0) { for (let j = base; j < end; j++) c[j] = k * a[j]; }
       else for (let j = base; j < end; j++) c[j] = k * a[j] + beta * c[j];
       return;
     }
@@ -139,8 +146,11 @@ export function addTensor(
       const end = base + d2;
       if (s2 === 1) {
         const off = ab - base;
-        if (beta === 0) for (let j = base; j < end; j++) c[j] = alpha * a[j + off];
-        else for (let j = base; j < end; j++) c[j] = alpha * a[j + off] + beta * c[j];
+        if (beta === 0) {
+          for (let j = base; j < end; j++) c[j] = alpha * a[j + off];
+        } else {for (let j = base; j < end; j++) {
+            c[j] = alpha * a[j + off] + beta * c[j];
+          }}
       } else {
         const v = alpha * a[ab];
         if (beta === 0) c.fill(v, base, end);
@@ -176,7 +186,7 @@ export function reduceSum(
       }
     }
   }
-  if (beta === 0) for (let i = 0; i < y.length; i++) y[i] = alpha * acc[i];
+  if (beta === 0) { for (let i = 0; i < y.length; i++) y[i] = alpha * acc[i]; }
   else for (let i = 0; i < y.length; i++) y[i] = alpha * acc[i] + beta * y[i];
 }
 
@@ -197,7 +207,7 @@ export function axpby(
   beta: number,
   y: Float32Array,
 ): void {
-  if (beta === 0) for (let i = 0; i < length; i++) y[i] = alpha * x[i];
+  if (beta === 0) { for (let i = 0; i < length; i++) y[i] = alpha * x[i]; }
   else for (let i = 0; i < length; i++) y[i] = alpha * x[i] + beta * y[i];
 }
 

@@ -135,7 +135,9 @@ function runBackward(root: Tensor, seed?: Tensor): void {
 }
 
 function sameShape(g: Tensor, shape: readonly number[]): Tensor {
-  if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) {
+  if (
+    g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])
+  ) {
     return g;
   }
   const view = g.viewAs(shape);

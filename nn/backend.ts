@@ -113,6 +113,17 @@ export type BinaryOp = "add" | "mul" | "min" | "max";
 /** Unary elementwise functions. */
 export type UnaryOp = "sqrt" | "rsqrt" | "square" | "exp" | "log" | "abs";
 
+/** Hyper-parameters of one SGD step, PyTorch's `torch.optim.SGD`. */
+export interface SgdStep {
+  lr: number;
+  momentum: number;
+  dampening: number;
+  weightDecay: number;
+  nesterov: boolean;
+  /** True on a buffer's first step: the buffer starts as the gradient. */
+  firstStep: boolean;
+}
+
 /** Memory use of a backend, in bytes. */
 export interface MemoryInfo {
   /** Bytes in buffers handed out and not yet freed. */
@@ -301,6 +312,35 @@ export interface Backend {
     beta: number,
   ): void;
   unary(op: UnaryOp, x: DataBuffer, y: DataBuffer, length: number): void;
+
+  // --- fused optimiser updates -------------------------------------------------
+  /**
+   * One SGD step on a tensor, in place: d = grad + wd * param; with momentum,
+   * buf = first ? d : momentum * buf + (1 - dampening) * d and d = buf (or
+   * d + momentum * buf with Nesterov); param -= lr * d. The teacher's EMA
+   * needs no op of its own: it is `axpby(n, 1 - m, student, m, teacher)`.
+   */
+  sgdUpdate(
+    param: DataBuffer,
+    grad: DataBuffer,
+    momentumBuffer: DataBuffer | null,
+    length: number,
+    step: SgdStep,
+  ): void;
+  /**
+   * LARC's gradient rescaling (NVIDIA apex, clip off), in place on grad:
+   * when ||param|| and ||grad|| are both non-zero, grad = (grad + wd * param)
+   * * trust * ||param|| / (||grad|| + wd * ||param|| + eps); otherwise grad
+   * is left as it is. The SGD step that follows runs with weight decay 0.
+   */
+  larsAdapt(
+    param: DataBuffer,
+    grad: DataBuffer,
+    length: number,
+    trust: number,
+    weightDecay: number,
+    eps: number,
+  ): void;
 
   // --- fused kernels ----------------------------------------------------------
   /**

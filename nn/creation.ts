@@ -53,11 +53,17 @@ export function full(
   return t;
 }
 
-export function zeros(shape: readonly number[], opts: TensorOptions = {}): Tensor {
+export function zeros(
+  shape: readonly number[],
+  opts: TensorOptions = {},
+): Tensor {
   return full(shape, 0, opts);
 }
 
-export function ones(shape: readonly number[], opts: TensorOptions = {}): Tensor {
+export function ones(
+  shape: readonly number[],
+  opts: TensorOptions = {},
+): Tensor {
   return full(shape, 1, opts);
 }
 
@@ -68,7 +74,11 @@ export function rand(
   opts: TensorOptions & { low?: number; high?: number } = {},
 ): Tensor {
   const t = make(shape, opts);
-  const data = gen.fillUniform(new Float32Array(t.size), opts.low ?? 0, opts.high ?? 1);
+  const data = gen.fillUniform(
+    new Float32Array(t.size),
+    opts.low ?? 0,
+    opts.high ?? 1,
+  );
   t.backend.write(t.buffer, data);
   return t;
 }
@@ -80,7 +90,11 @@ export function randn(
   opts: TensorOptions & { mean?: number; std?: number } = {},
 ): Tensor {
   const t = make(shape, opts);
-  const data = gen.fillNormal(new Float32Array(t.size), opts.mean ?? 0, opts.std ?? 1);
+  const data = gen.fillNormal(
+    new Float32Array(t.size),
+    opts.mean ?? 0,
+    opts.std ?? 1,
+  );
   t.backend.write(t.buffer, data);
   return t;
 }

@@ -37,14 +37,18 @@ export class Generator {
     let h = 0x243f6a88;
     for (const k of [seed, ...keys]) {
       if (!Number.isSafeInteger(k)) {
-        throw new RangeError(`Generator: seeds and keys must be integers, got ${k}`);
+        throw new RangeError(
+          `Generator: seeds and keys must be integers, got ${k}`,
+        );
       }
       h = mix32((h ^ (k >>> 0)) + 0x9e3779b9);
       h = mix32((h ^ Math.floor(k / 0x100000000)) + 0x9e3779b9);
     }
     const state = { s: h | 0 };
     for (let i = 0; i < 4; i++) this.#s[i] = splitmix32(state);
-    if ((this.#s[0] | this.#s[1] | this.#s[2] | this.#s[3]) === 0) this.#s[0] = 1;
+    if ((this.#s[0] | this.#s[1] | this.#s[2] | this.#s[3]) === 0) {
+      this.#s[0] = 1;
+    }
   }
 
   /** A uniform 32-bit unsigned integer. */
@@ -90,7 +94,10 @@ export class Generator {
   /** A uniform integer in [low, high), without modulo bias. */
   integer(low: number, high: number): number {
     const span = high - low;
-    if (!Number.isInteger(low) || !Number.isInteger(high) || span <= 0 || span > 2 ** 32) {
+    if (
+      !Number.isInteger(low) || !Number.isInteger(high) || span <= 0 ||
+      span > 2 ** 32
+    ) {
       throw new RangeError(`Generator.integer: bad range [${low}, ${high})`);
     }
     // Rejection sampling keeps every value equally likely.

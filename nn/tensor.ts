@@ -127,9 +127,9 @@ export class Tensor {
     const size = shapeSize(shape, "view");
     if (size !== this.size) {
       throw new RangeError(
-        `view: cannot view a tensor of shape ${
-          formatShape(this.shape)
-        } as ${formatShape(shape)}`,
+        `view: cannot view a tensor of shape ${formatShape(this.shape)} as ${
+          formatShape(shape)
+        }`,
       );
     }
     return new Tensor(this.#live(), shape);
@@ -142,8 +142,8 @@ export class Tensor {
   reshape(...shape: number[]): Tensor {
     const target = inferShape(this.shape, shape);
     const out = this.viewAs(target);
-    const input = this;
-    recordGrad(out, "reshape", [this], (g) => [g.viewAs(input.shape)]);
+    const from = this.shape;
+    recordGrad(out, "reshape", [this], (g) => [g.viewAs(from)]);
     return out;
   }
 

@@ -19,7 +19,7 @@ import {
   relu,
   scope,
   sum,
-  Tensor,
+  type Tensor,
   tensor,
   zeros,
 } from "../mod.ts";
@@ -35,9 +35,15 @@ Deno.test("reshape() and flatten() are views that share storage and infer -1", (
   assert.deepEqual(z.flatten(1).shape, [2, 60]);
   assert.deepEqual(z.flatten().shape, [120]);
   assert.deepEqual(z.flatten(1, 2).shape, [2, 12, 5]);
-  assertThrows(() => x.reshape(4, -1), /reshape: cannot reshape \[2, 3\] to \[4, -1\]/);
+  assertThrows(
+    () => x.reshape(4, -1),
+    /reshape: cannot reshape \[2, 3\] to \[4, -1\]/,
+  );
   assertThrows(() => x.reshape(-1, -1), /only one dimension can be -1/);
-  assertThrows(() => x.reshape(5), /view: cannot view a tensor of shape \[2, 3\] as \[5\]/);
+  assertThrows(
+    () => x.reshape(5),
+    /view: cannot view a tensor of shape \[2, 3\] as \[5\]/,
+  );
 });
 
 Deno.test("gradients flow through reshape and detach() cuts the graph", () => {
@@ -67,7 +73,10 @@ Deno.test("a gradient shared by two leaves is not corrupted by later accumulatio
 
 Deno.test("backward() of a non-scalar needs a gradient; noGrad() records nothing", () => {
   const x = tensor([1, 2], [2], { requiresGrad: true });
-  assertThrows(() => mulScalar(x, 2).backward(), /a gradient is needed for a non-scalar tensor of shape \[2\]/);
+  assertThrows(
+    () => mulScalar(x, 2).backward(),
+    /a gradient is needed for a non-scalar tensor of shape \[2\]/,
+  );
   mulScalar(x, 2).backward(tensor([1, -1]));
   assert.deepEqual([...x.grad!.toArray()], [2, -2]);
   const y = noGrad(() => mulScalar(x, 2));
@@ -80,8 +89,14 @@ Deno.test("item(), toArray() and toString() describe the tensor", () => {
   assert.equal(s.item(), 4);
   assert.equal(s.device, "cpu");
   assertThrows(() => tensor([1, 2]).item(), /item: the tensor has 2 elements/);
-  assert.equal(String(zeros([2, 3], { requiresGrad: true })), "Tensor([2, 3], cpu, requiresGrad)");
-  assertThrows(() => tensor([1, 2, 3], [2, 2]), /tensor: 3 values do not fill shape \[2, 2\]/);
+  assert.equal(
+    String(zeros([2, 3], { requiresGrad: true })),
+    "Tensor([2, 3], cpu, requiresGrad)",
+  );
+  assertThrows(
+    () => tensor([1, 2, 3], [2, 2]),
+    /tensor: 3 values do not fill shape \[2, 2\]/,
+  );
   assertThrows(() => zeros([2, -1]), /invalid shape \[2, -1\]/);
   assertThrows(() => device("tpu"), /unknown device "tpu"/);
 });
@@ -149,8 +164,18 @@ Deno.test("live tensors and bytes are the same before and after 20 training step
       }
       const [w, g, b, fw, fb] = params;
       let h = conv2d(x, w, null, { stride: 1, padding: 1 });
-      h = relu(batchNorm(h, { weight: g, bias: b, runningMean, runningVar, training: true }));
-      h = globalAvgPool2d(maxPool2d(h, { kernelSize: 3, stride: 2, padding: 1 })).flatten(1);
+      h = relu(
+        batchNorm(h, {
+          weight: g,
+          bias: b,
+          runningMean,
+          runningVar,
+          training: true,
+        }),
+      );
+      h = globalAvgPool2d(
+        maxPool2d(h, { kernelSize: 3, stride: 2, padding: 1 }),
+      ).flatten(1);
       const loss = crossEntropy(linear(normalize(h), fw, fb), [0, 1, 2, 3]);
       loss.backward();
       return loss.item();

@@ -25,18 +25,30 @@ export function convDesc(
   const [k, cw, r, s] = w;
   const where = `input ${formatShape(x)}, weight ${formatShape(w)}`;
   for (const v of [strideH, strideW]) {
-    if (!Number.isInteger(v) || v < 1) throw new RangeError(`conv2d: stride must be a positive integer, got ${v}`);
+    if (!Number.isInteger(v) || v < 1) {
+      throw new RangeError(
+        `conv2d: stride must be a positive integer, got ${v}`,
+      );
+    }
   }
   for (const v of [padH, padW]) {
-    if (!Number.isInteger(v) || v < 0) throw new RangeError(`conv2d: padding must be a non-negative integer, got ${v}`);
+    if (!Number.isInteger(v) || v < 0) {
+      throw new RangeError(
+        `conv2d: padding must be a non-negative integer, got ${v}`,
+      );
+    }
   }
   if (cw !== c) {
-    throw new RangeError(`conv2d: ${where}: the weight expects ${cw} input channels, the input has ${c}`);
+    throw new RangeError(
+      `conv2d: ${where}: the weight expects ${cw} input channels, the input has ${c}`,
+    );
   }
   const oh = Math.floor((h + 2 * padH - r) / strideH) + 1;
   const ow = Math.floor((wd + 2 * padW - s) / strideW) + 1;
   if (oh < 1 || ow < 1 || r < 1 || s < 1) {
-    throw new RangeError(`conv2d: ${where}: the kernel is larger than the padded input`);
+    throw new RangeError(
+      `conv2d: ${where}: the kernel is larger than the padded input`,
+    );
   }
   return { n, c, h, w: wd, k, r, s, strideH, strideW, padH, padW, oh, ow };
 }
@@ -57,12 +69,22 @@ export function conv2d(
   expectRank("conv2d", weight, [4], "weight");
   const d = convDesc(x.shape, weight.shape, opts);
   if (bias && (bias.ndim !== 1 || bias.shape[0] !== d.k)) {
-    throw new RangeError(`conv2d: bias ${formatShape(bias.shape)} does not match ${shapesOf(x, weight)}`);
+    throw new RangeError(
+      `conv2d: bias ${formatShape(bias.shape)} does not match ${
+        shapesOf(x, weight)
+      }`,
+    );
   }
   const plane = d.oh * d.ow;
   const out = Tensor.empty(backend, [d.n, d.k, d.oh, d.ow]);
   backend.conv2dForward(x.buffer, weight.buffer, out.buffer, d);
-  if (bias) backend.addTensor(1, bias.buffer, [1, d.k, 1], 1, out.buffer, [d.n, d.k, plane]);
+  if (bias) {
+    backend.addTensor(1, bias.buffer, [1, d.k, 1], 1, out.buffer, [
+      d.n,
+      d.k,
+      plane,
+    ]);
+  }
   return recordGrad(out, "conv2d", inputs, (g) => {
     let gx: Tensor | null = null;
     if (x.requiresGrad) {
@@ -79,7 +101,11 @@ export function conv2d(
       let gb: Tensor | null = null;
       if (bias.requiresGrad) {
         gb = Tensor.empty(backend, bias.shape);
-        backend.reduceSum(1, g.buffer, [d.n, d.k, plane], 0, gb.buffer, [1, d.k, 1]);
+        backend.reduceSum(1, g.buffer, [d.n, d.k, plane], 0, gb.buffer, [
+          1,
+          d.k,
+          1,
+        ]);
       }
       grads.push(gb);
     }

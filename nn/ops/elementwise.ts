@@ -6,7 +6,13 @@
 
 import type { Backend, Dims3 } from "../backend.ts";
 import { formatShape, recordGrad, Tensor } from "../tensor.ts";
-import { backendOf, broadcastShapes, foldBroadcast, sameShape, shapesOf } from "./util.ts";
+import {
+  backendOf,
+  broadcastShapes,
+  foldBroadcast,
+  sameShape,
+  shapesOf,
+} from "./util.ts";
 
 /** `alpha * g`, as a view when alpha is 1. */
 function scaled(backend: Backend, g: Tensor, alpha: number): Tensor {
@@ -45,9 +51,15 @@ function fold(op: string, a: Tensor, b: Tensor): Folded {
   }
   const out = broadcastShapes(a.shape, b.shape);
   const fail = () =>
-    new RangeError(`${op}: shapes ${shapesOf(a, b)} cannot be broadcast together`);
+    new RangeError(
+      `${op}: shapes ${shapesOf(a, b)} cannot be broadcast together`,
+    );
   if (out === null) throw fail();
-  const broadcast = sameShape(out, a.shape) ? "b" : sameShape(out, b.shape) ? "a" : null;
+  const broadcast = sameShape(out, a.shape)
+    ? "b"
+    : sameShape(out, b.shape)
+    ? "a"
+    : null;
   if (broadcast === null) {
     throw new RangeError(
       `${op}: shapes ${shapesOf(a, b)} would both be broadcast to ${
@@ -58,7 +70,9 @@ function fold(op: string, a: Tensor, b: Tensor): Folded {
   const f = foldBroadcast(out, (broadcast === "a" ? a : b).shape);
   if (f === null) {
     throw new RangeError(
-      `${op}: broadcasting ${shapesOf(a, b)} alternates kept and broadcast dimensions more than three times; reshape first`,
+      `${op}: broadcasting ${
+        shapesOf(a, b)
+      } alternates kept and broadcast dimensions more than three times; reshape first`,
     );
   }
   return { out, shape: f.shape, small: f.smallShape, broadcast };
@@ -70,12 +84,34 @@ function addLike(op: string, a: Tensor, b: Tensor, alphaB: number): Tensor {
   const out = Tensor.empty(backend, f.out);
   // opTensor broadcasts its second operand, so the broadcast one goes second.
   if (f.broadcast === "a") {
-    backend.opTensor("add", alphaB, b.buffer, 1, a.buffer, f.small, 0, out.buffer, f.shape);
+    backend.opTensor(
+      "add",
+      alphaB,
+      b.buffer,
+      1,
+      a.buffer,
+      f.small,
+      0,
+      out.buffer,
+      f.shape,
+    );
   } else {
-    backend.opTensor("add", 1, a.buffer, alphaB, b.buffer, f.small, 0, out.buffer, f.shape);
+    backend.opTensor(
+      "add",
+      1,
+      a.buffer,
+      alphaB,
+      b.buffer,
+      f.small,
+      0,
+      out.buffer,
+      f.shape,
+    );
   }
   const grad = (g: Tensor, t: Tensor, alpha: number, isSmall: boolean) =>
-    isSmall ? reduceTo(backend, alpha, g, f.shape, f.small, t.shape) : scaled(backend, g, alpha);
+    isSmall
+      ? reduceTo(backend, alpha, g, f.shape, f.small, t.shape)
+      : scaled(backend, g, alpha);
   return recordGrad(out, op, [a, b], (g) => [
     a.requiresGrad ? grad(g, a, 1, f.broadcast === "a") : null,
     b.requiresGrad ? grad(g, b, alphaB, f.broadcast === "b") : null,
@@ -98,17 +134,47 @@ export function mul(a: Tensor, b: Tensor): Tensor {
   const f = fold("mul", a, b);
   const [big, small] = f.broadcast === "a" ? [b, a] : [a, b];
   const out = Tensor.empty(backend, f.out);
-  backend.opTensor("mul", 1, big.buffer, 1, small.buffer, f.small, 0, out.buffer, f.shape);
+  backend.opTensor(
+    "mul",
+    1,
+    big.buffer,
+    1,
+    small.buffer,
+    f.small,
+    0,
+    out.buffer,
+    f.shape,
+  );
   return recordGrad(out, "mul", [a, b], (g) => {
     // d(big) = g * small (broadcast); d(small) = sum over broadcast dims of g * big.
     const gBig = big.requiresGrad ? Tensor.empty(backend, big.shape) : null;
     if (gBig) {
-      backend.opTensor("mul", 1, g.buffer, 1, small.buffer, f.small, 0, gBig.buffer, f.shape);
+      backend.opTensor(
+        "mul",
+        1,
+        g.buffer,
+        1,
+        small.buffer,
+        f.small,
+        0,
+        gBig.buffer,
+        f.shape,
+      );
     }
     let gSmall: Tensor | null = null;
     if (small.requiresGrad) {
       const prod = Tensor.empty(backend, big.shape);
-      backend.opTensor("mul", 1, g.buffer, 1, big.buffer, f.shape, 0, prod.buffer, f.shape);
+      backend.opTensor(
+        "mul",
+        1,
+        g.buffer,
+        1,
+        big.buffer,
+        f.shape,
+        0,
+        prod.buffer,
+        f.shape,
+      );
       if (f.broadcast === "none") {
         gSmall = prod;
       } else {
@@ -149,17 +215,32 @@ function reduceDims(
   }
   const d = dim < 0 ? dim + x.ndim : dim;
   if (!Number.isInteger(d) || d < 0 || d >= x.ndim) {
-    throw new RangeError(`${op}: dimension ${dim} is out of range for shape ${formatShape(x.shape)}`);
+    throw new RangeError(
+      `${op}: dimension ${dim} is out of range for shape ${
+        formatShape(x.shape)
+      }`,
+    );
   }
   const before = x.shape.slice(0, d).reduce((p, q) => p * q, 1);
   const after = x.shape.slice(d + 1).reduce((p, q) => p * q, 1);
   const out = [...x.shape];
   if (keepDim) out[d] = 1;
   else out.splice(d, 1);
-  return { shape: [before, x.shape[d], after], small: [before, 1, after], out, count: x.shape[d] };
+  return {
+    shape: [before, x.shape[d], after],
+    small: [before, 1, after],
+    out,
+    count: x.shape[d],
+  };
 }
 
-function sumScaled(op: string, x: Tensor, dim: number | undefined, keepDim: boolean, mean: boolean) {
+function sumScaled(
+  op: string,
+  x: Tensor,
+  dim: number | undefined,
+  keepDim: boolean,
+  mean: boolean,
+) {
   const backend = x.backend;
   const r = reduceDims(op, x, dim, keepDim);
   const alpha = mean ? 1 / r.count : 1;

@@ -52,7 +52,13 @@ function gemmInto(
   });
 }
 
-function product(backend: Backend, a: Tensor, transA: boolean, b: Tensor, transB: boolean) {
+function product(
+  backend: Backend,
+  a: Tensor,
+  transA: boolean,
+  b: Tensor,
+  transB: boolean,
+) {
   const out = Tensor.empty(backend, [dims(a, transA)[0], dims(b, transB)[1]]);
   gemmInto(backend, a, transA, b, transB, out);
   return out;
@@ -75,8 +81,16 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   const out = product(backend, a, tA, b, tB);
   // d op(A) = g op(B)^T and d op(B) = op(A)^T g, transposed back when op did.
   return recordGrad(out, "matmul", [a, b], (g) => [
-    a.requiresGrad ? (tA ? product(backend, b, tB, g, true) : product(backend, g, false, b, !tB)) : null,
-    b.requiresGrad ? (tB ? product(backend, g, true, a, tA) : product(backend, a, !tA, g, false)) : null,
+    a.requiresGrad
+      ? (tA
+        ? product(backend, b, tB, g, true)
+        : product(backend, g, false, b, !tB))
+      : null,
+    b.requiresGrad
+      ? (tB
+        ? product(backend, g, true, a, tA)
+        : product(backend, a, !tA, g, false))
+      : null,
   ]);
 }
 
@@ -84,7 +98,11 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
  * PyTorch's `F.linear`: `x @ weight^T + bias` for x of shape [n, in], weight
  * [out, in] and bias [out].
  */
-export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): Tensor {
+export function linear(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null = null,
+): Tensor {
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const backend = backendOf("linear", ...inputs);
   expectRank("linear", x, [2]);
@@ -93,7 +111,9 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
   const outF = weight.shape[0];
   if (weight.shape[1] !== inF) {
     throw new RangeError(
-      `linear: input ${formatShape(x.shape)} does not match weight ${formatShape(weight.shape)}`,
+      `linear: input ${formatShape(x.shape)} does not match weight ${
+        formatShape(weight.shape)
+      }`,
     );
   }
   if (bias && (bias.ndim !== 1 || bias.shape[0] !== outF)) {
@@ -104,7 +124,13 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
     );
   }
   const out = Tensor.empty(backend, [n, outF]);
-  if (bias) backend.addTensor(1, bias.buffer, [1, 1, outF], 0, out.buffer, [1, n, outF]);
+  if (bias) {
+    backend.addTensor(1, bias.buffer, [1, 1, outF], 0, out.buffer, [
+      1,
+      n,
+      outF,
+    ]);
+  }
   gemmInto(backend, x, false, weight, true, out, bias ? 1 : 0);
   return recordGrad(out, "linear", inputs, (g) => {
     const grads: (Tensor | null)[] = [
@@ -115,7 +141,11 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
       let gb: Tensor | null = null;
       if (bias.requiresGrad) {
         gb = Tensor.empty(backend, bias.shape);
-        backend.reduceSum(1, g.buffer, [1, n, outF], 0, gb.buffer, [1, 1, outF]);
+        backend.reduceSum(1, g.buffer, [1, n, outF], 0, gb.buffer, [
+          1,
+          1,
+          outF,
+        ]);
       }
       grads.push(gb);
     }
@@ -127,7 +157,11 @@ export function linear(x: Tensor, weight: Tensor, bias: Tensor | null = null): T
 export function trace(x: Tensor): Tensor {
   expectRank("trace", x, [2]);
   const [m, n] = x.shape;
-  if (m !== n) throw new RangeError(`trace: expected a square matrix, got shape ${formatShape(x.shape)}`);
+  if (m !== n) {
+    throw new RangeError(
+      `trace: expected a square matrix, got shape ${formatShape(x.shape)}`,
+    );
+  }
   const backend = x.backend;
   const ones = Tensor.empty(backend, [m]);
   backend.fill(ones.buffer, 1);
@@ -139,7 +173,17 @@ export function trace(x: Tensor): Tensor {
     const gx = Tensor.empty(backend, x.shape);
     backend.fill(gx.buffer, 0);
     backend.fill(gx.buffer, 1, 0, m, m + 1);
-    backend.opTensor("mul", 1, gx.buffer, 1, g.buffer, [1, 1, 1], 0, gx.buffer, [1, 1, m * m]);
+    backend.opTensor(
+      "mul",
+      1,
+      gx.buffer,
+      1,
+      g.buffer,
+      [1, 1, 1],
+      0,
+      gx.buffer,
+      [1, 1, m * m],
+    );
     return [gx];
   });
 }

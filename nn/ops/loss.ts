@@ -15,18 +15,28 @@ function labelTensor(op: string, logits: Tensor, labels: Labels): Tensor {
   const [rows, cols] = logits.shape;
   if (labels instanceof Tensor) {
     if (labels.size !== rows) {
-      throw new RangeError(`${op}: ${labels.size} labels for ${rows} rows of logits ${formatShape(logits.shape)}`);
+      throw new RangeError(
+        `${op}: ${labels.size} labels for ${rows} rows of logits ${
+          formatShape(logits.shape)
+        }`,
+      );
     }
     return labels.viewAs([rows]);
   }
   if (labels.length !== rows) {
-    throw new RangeError(`${op}: ${labels.length} labels for ${rows} rows of logits ${formatShape(logits.shape)}`);
+    throw new RangeError(
+      `${op}: ${labels.length} labels for ${rows} rows of logits ${
+        formatShape(logits.shape)
+      }`,
+    );
   }
   const data = new Float32Array(rows);
   for (let i = 0; i < rows; i++) {
     const t = labels[i];
     if (!Number.isInteger(t) || t < 0 || t >= cols) {
-      throw new RangeError(`${op}: label ${t} at position ${i} is not a class index in [0, ${cols})`);
+      throw new RangeError(
+        `${op}: label ${t} at position ${i} is not a class index in [0, ${cols})`,
+      );
     }
     data[i] = t;
   }
@@ -43,17 +53,35 @@ export interface CrossEntropyOptions {
  * PyTorch's `F.cross_entropy(logits, labels)` for logits [n, classes] and
  * integer labels: mean (default), sum or per-row losses.
  */
-export function crossEntropy(logits: Tensor, labels: Labels, opts: CrossEntropyOptions = {}): Tensor {
+export function crossEntropy(
+  logits: Tensor,
+  labels: Labels,
+  opts: CrossEntropyOptions = {},
+): Tensor {
   expectRank("crossEntropy", logits, [2], "logits");
   const [rows, cols] = logits.shape;
   const target = labelTensor("crossEntropy", logits, labels);
   const backend = backendOf("crossEntropy", logits, target);
   const probs = Tensor.empty(backend, logits.shape);
   const losses = Tensor.empty(backend, [rows]);
-  backend.softmaxCrossEntropyForward(logits.buffer, target.buffer, probs.buffer, losses.buffer, rows, cols);
+  backend.softmaxCrossEntropyForward(
+    logits.buffer,
+    target.buffer,
+    probs.buffer,
+    losses.buffer,
+    rows,
+    cols,
+  );
   recordGrad(losses, "crossEntropy", [logits], (g) => {
     const gx = Tensor.empty(backend, logits.shape);
-    backend.softmaxCrossEntropyBackward(probs.buffer, target.buffer, g.buffer, gx.buffer, rows, cols);
+    backend.softmaxCrossEntropyBackward(
+      probs.buffer,
+      target.buffer,
+      g.buffer,
+      gx.buffer,
+      rows,
+      cols,
+    );
     return [gx];
   });
   switch (opts.reduction ?? "mean") {
@@ -72,18 +100,28 @@ export function crossEntropy(logits: Tensor, labels: Labels, opts: CrossEntropyO
  * by position, as a stable sort would: a row is right at k when fewer than k
  * logits rank above its label.
  */
-export function accuracy(logits: Tensor, labels: Int32Array | readonly number[], ks: readonly number[] = [1]): number[] {
+export function accuracy(
+  logits: Tensor,
+  labels: Int32Array | readonly number[],
+  ks: readonly number[] = [1],
+): number[] {
   expectRank("accuracy", logits, [2], "logits");
   const [rows, cols] = logits.shape;
   if (labels.length !== rows) {
-    throw new RangeError(`accuracy: ${labels.length} labels for ${rows} rows of logits ${formatShape(logits.shape)}`);
+    throw new RangeError(
+      `accuracy: ${labels.length} labels for ${rows} rows of logits ${
+        formatShape(logits.shape)
+      }`,
+    );
   }
   const data = logits.toArray();
   const hits = ks.map(() => 0);
   for (let i = 0; i < rows; i++) {
     const t = labels[i];
     if (!Number.isInteger(t) || t < 0 || t >= cols) {
-      throw new RangeError(`accuracy: label ${t} at position ${i} is not a class index in [0, ${cols})`);
+      throw new RangeError(
+        `accuracy: label ${t} at position ${i} is not a class index in [0, ${cols})`,
+      );
     }
     const v = data[i * cols + t];
     let above = 0;

@@ -23,7 +23,9 @@ export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
   const [padH, padW] = pair(opts.padding ?? 0);
   for (const v of [kh, kw, strideH, strideW]) {
     if (!Number.isInteger(v) || v < 1) {
-      throw new RangeError(`maxPool2d: kernel size and stride must be positive integers, got ${v}`);
+      throw new RangeError(
+        `maxPool2d: kernel size and stride must be positive integers, got ${v}`,
+      );
     }
   }
   if (!(padH >= 0 && padW >= 0 && 2 * padH <= kh && 2 * padW <= kw)) {
@@ -35,9 +37,26 @@ export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
   const oh = Math.floor((h + 2 * padH - kh) / strideH) + 1;
   const ow = Math.floor((w + 2 * padW - kw) / strideW) + 1;
   if (oh < 1 || ow < 1) {
-    throw new RangeError(`maxPool2d: the ${kh}x${kw} window is larger than the padded input ${formatShape(x.shape)}`);
+    throw new RangeError(
+      `maxPool2d: the ${kh}x${kw} window is larger than the padded input ${
+        formatShape(x.shape)
+      }`,
+    );
   }
-  const d: PoolDesc = { n, c, h, w, kh, kw, strideH, strideW, padH, padW, oh, ow };
+  const d: PoolDesc = {
+    n,
+    c,
+    h,
+    w,
+    kh,
+    kw,
+    strideH,
+    strideW,
+    padH,
+    padW,
+    oh,
+    ow,
+  };
   const backend = x.backend;
   const out = Tensor.empty(backend, [n, c, oh, ow]);
   backend.maxPoolForward(x.buffer, out.buffer, d);

@@ -15,7 +15,9 @@ export function backendOf(op: string, ...tensors: Tensor[]): Backend {
   for (const t of tensors) {
     if (t.backend !== backend) {
       throw new Error(
-        `${op}: tensors are on different devices (${tensors.map((u) => u.device).join(", ")})`,
+        `${op}: tensors are on different devices (${
+          tensors.map((u) => u.device).join(", ")
+        })`,
       );
     }
   }
@@ -26,10 +28,17 @@ export function shapesOf(...tensors: Tensor[]): string {
   return tensors.map((t) => formatShape(t.shape)).join(" and ");
 }
 
-export function expectRank(op: string, t: Tensor, ranks: number[], what = "input"): void {
+export function expectRank(
+  op: string,
+  t: Tensor,
+  ranks: number[],
+  what = "input",
+): void {
   if (!ranks.includes(t.ndim)) {
     throw new RangeError(
-      `${op}: expected a ${ranks.join("-D or ")}-D ${what}, got shape ${formatShape(t.shape)}`,
+      `${op}: expected a ${ranks.join("-D or ")}-D ${what}, got shape ${
+        formatShape(t.shape)
+      }`,
     );
   }
 }
