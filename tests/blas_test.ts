@@ -8,7 +8,11 @@ async function runWith(env: Record<string, string>, code: string) {
     stdout: "piped",
     stderr: "piped",
   }).output();
-  return { code: out.code, stderr: new TextDecoder().decode(out.stderr), stdout: new TextDecoder().decode(out.stdout) };
+  return {
+    code: out.code,
+    stderr: new TextDecoder().decode(out.stderr),
+    stdout: new TextDecoder().decode(out.stdout),
+  };
 }
 
 const blasModule = new URL("../cpu/blas.ts", import.meta.url).href;
@@ -19,14 +23,26 @@ Deno.test("a missing BLAS library gives one sentence naming it and the package",
     `import { blas } from "${blasModule}"; try { blas(); } catch (e) { console.error(e.message); Deno.exit(3); }`,
   );
   assert.equal(r.code, 3);
-  assert.match(r.stderr, /MEC_BLAS names "\/nonexistent\/libcblas.so", which could not be loaded; install OpenBLAS \(Debian\/Ubuntu: apt-get install libopenblas0-pthread\)/);
+  assert.match(
+    r.stderr,
+    /MEC_BLAS names "\/nonexistent\/libcblas.so", which could not be loaded; install OpenBLAS \(Debian\/Ubuntu: apt-get install libopenblas0-pthread\)/,
+  );
 });
 
 Deno.test("MEC_BLAS_THREADS sets OpenBLAS's thread count and rejects nonsense", async () => {
-  const ok = await runWith({ MEC_BLAS_THREADS: "1" }, `import { blas } from "${blasModule}"; console.log(blas().threads());`);
+  const ok = await runWith(
+    { MEC_BLAS_THREADS: "1" },
+    `import { blas } from "${blasModule}"; console.log(blas().threads());`,
+  );
   assert.equal(ok.stdout.trim(), "1");
-  const bad = await runWith({ MEC_BLAS_THREADS: "two" }, `import { blas } from "${blasModule}"; try { blas(); } catch (e) { console.error(e.message); Deno.exit(3); }`);
-  assert.match(bad.stderr, /MEC_BLAS_THREADS must be a positive integer, got "two"/);
+  const bad = await runWith(
+    { MEC_BLAS_THREADS: "two" },
+    `import { blas } from "${blasModule}"; try { blas(); } catch (e) { console.error(e.message); Deno.exit(3); }`,
+  );
+  assert.match(
+    bad.stderr,
+    /MEC_BLAS_THREADS must be a positive integer, got "two"/,
+  );
 });
 
 Deno.test("sgemm() through FFI computes row-major products with transposes and beta", () => {

@@ -4,7 +4,7 @@
  */
 
 import { AssertionError } from "node:assert/strict";
-import { Generator, mul, scope, sum, Tensor, tensor } from "../mod.ts";
+import { Generator, mul, scope, sum, type Tensor, tensor } from "../mod.ts";
 
 export interface Tolerance {
   /** Allowed error relative to each expected value. */

@@ -2,12 +2,19 @@ import { Generator, randn } from "../mod.ts";
 import { assert, assertThrows } from "./assert.ts";
 
 Deno.test("Generator gives the same stream for the same seed and keys, another for others", () => {
-  const draw = (g: Generator) => Array.from({ length: 5 }, () => g.nextUint32());
+  const draw = (g: Generator) =>
+    Array.from({ length: 5 }, () => g.nextUint32());
   assert.deepEqual(draw(new Generator(42)), draw(new Generator(42)));
   assert.notDeepEqual(draw(new Generator(42)), draw(new Generator(43)));
   assert.deepEqual(draw(new Generator(1, 2, 3)), draw(new Generator(1, 2, 3)));
-  assert.notDeepEqual(draw(new Generator(1, 2, 3)), draw(new Generator(1, 3, 2)));
-  assert.notDeepEqual(draw(new Generator(1, 2 ** 32)), draw(new Generator(1, 0)));
+  assert.notDeepEqual(
+    draw(new Generator(1, 2, 3)),
+    draw(new Generator(1, 3, 2)),
+  );
+  assert.notDeepEqual(
+    draw(new Generator(1, 2 ** 32)),
+    draw(new Generator(1, 0)),
+  );
 });
 
 Deno.test("uniform() and normal() have the right moments", () => {
@@ -40,7 +47,10 @@ Deno.test("integer() is uniform over its range and permutation() is a permutatio
   // Each count is ~Binomial(60000, 1/6): sd ~91; allow 5 sd.
   for (const c of counts) assert.ok(Math.abs(c - 10_000) < 460, `count ${c}`);
   const p = g.permutation(100);
-  assert.deepEqual([...p].sort((a, b) => a - b), Array.from({ length: 100 }, (_, i) => i));
+  assert.deepEqual(
+    [...p].sort((a, b) => a - b),
+    Array.from({ length: 100 }, (_, i) => i),
+  );
   assert.notDeepEqual([...p], Array.from({ length: 100 }, (_, i) => i));
   assertThrows(() => g.integer(3, 3), /bad range \[3, 3\)/);
   assertThrows(() => new Generator(1.5), /seeds and keys must be integers/);
