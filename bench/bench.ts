@@ -1,0 +1,188 @@
+/**
+ * Throughput of the CPU backend's kernels: OpenBLAS sgemm as the yardstick,
+ * then the conv2d kernels on ResNet-50's layers at batch 8.
+ *
+ *     deno run --allow-ffi --allow-env --allow-read bench/bench.ts [--json]
+ *
+ * Prints one line per measurement once all are done; with `--json`, one JSON
+ * object per line (`{"name", "value", "unit"}`) and nothing else. Each rate
+ * is the best over two passes of a few timed calls. Rates on the shared
+ * 2-core build machines vary by 15 % and more between runs, so compare
+ * ratios from one run.
+ *
+ * @module
+ */
+
+import { blas } from "../cpu/blas.ts";
+import {
+  conv2dBackwardData,
+  conv2dBackwardFilter,
+  conv2dForward,
+  type Scratch,
+} from "../cpu/conv.ts";
+import { convFlops, resnet50Convs } from "./conv_shapes.ts";
+
+/** One timed workload: `run` does `flops` floating-point operations. */
+interface Case {
+  name: string;
+  flops: number;
+  run: () => void;
+}
+
+const BATCH = 8;
+const WARM_UPS = 2;
+const ROUNDS = 2;
+/** Timed repetitions after the warm-up; fewer for workloads over a second. */
+const REPS = 5;
+const MIN_REPS = 2;
+
+const lib = blas();
+const json = Deno.args.includes("--json");
+
+let scratchBuffer = new Float32Array(0);
+const scratch: Scratch = (length) => {
+  if (scratchBuffer.length < length) scratchBuffer = new Float32Array(length);
+  return scratchBuffer;
+};
+
+function randomArray(length: number): Float32Array {
+  const a = new Float32Array(length);
+  for (let i = 0; i < length; i++) a[i] = Math.random() - 0.5;
+  return a;
+}
+
+function sgemmCase(size: number): Case {
+  const a = randomArray(size * size);
+  const b = randomArray(size * size);
+  const c = new Float32Array(size * size);
+  return {
+    name: `sgemm ${size}x${size}x${size}`,
+    flops: 2 * size ** 3,
+    run: () =>
+      lib.sgemm(
+        false,
+        false,
+        size,
+        size,
+        size,
+        1,
+        a,
+        size,
+        b,
+        size,
+        0,
+        c,
+        size,
+      ),
+  };
+}
+
+/** Forward, backward-data, backward-filter and fwd+bwd cases of one layer. */
+function convCases(): { all: Case[]; training: Case[] } {
+  const all: Case[] = [];
+  const training: Case[] = [];
+  for (const { name, desc: d, first } of resnet50Convs(BATCH)) {
+    const x = randomArray(d.n * d.c * d.h * d.w);
+    const w = randomArray(d.k * d.c * d.r * d.s);
+    const y = new Float32Array(d.n * d.k * d.oh * d.ow);
+    const dy = randomArray(y.length);
+    const dx = new Float32Array(x.length);
+    const dw = new Float32Array(w.length);
+    const flops = convFlops(d);
+    const forward = () => conv2dForward(lib, scratch, x, w, y, d);
+    const data = () => conv2dBackwardData(lib, scratch, dy, w, dx, d);
+    const filter = () => conv2dBackwardFilter(lib, scratch, x, dy, dw, d);
+    all.push({ name: `conv ${name} fwd`, flops, run: forward });
+    if (!first) all.push({ name: `conv ${name} bwd-data`, flops, run: data });
+    all.push({ name: `conv ${name} bwd-filter`, flops, run: filter });
+    // The stem's input is the image, which needs no gradient in training.
+    const step: Case = first
+      ? {
+        name: `conv ${name} fwd+bwd-filter`,
+        flops: 2 * flops,
+        run: () => {
+          forward();
+          filter();
+        },
+      }
+      : {
+        name: `conv ${name} fwd+bwd`,
+        flops: 3 * flops,
+        run: () => {
+          forward();
+          data();
+          filter();
+        },
+      };
+    all.push(step);
+    training.push(step);
+  }
+  return { all, training };
+}
+
+/**
+ * Best seconds of `run` over a few calls after warm-up calls. The best
+ * rather than the median, because other load on the shared machines comes
+ * and goes and only slows a run down; the warm-up is two calls because V8
+ * optimises the copy loops only after their first.
+ */
+function time(run: () => void): number {
+  let t = performance.now();
+  for (let i = 0; i < WARM_UPS; i++) run();
+  const warm = (performance.now() - t) / 1000 / WARM_UPS;
+  const reps = warm > 1 ? MIN_REPS : REPS;
+  let best = Infinity;
+  for (let i = 0; i < reps; i++) {
+    t = performance.now();
+    run();
+    best = Math.min(best, (performance.now() - t) / 1000);
+  }
+  return best;
+}
+
+/**
+ * Best seconds of each case over `ROUNDS` passes through all of them, so
+ * that a burst of other load on the machine spoils at most one pass.
+ */
+function timeAll(cases: Case[]): Map<Case, number> {
+  const seconds = new Map<Case, number>();
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const c of cases) {
+      seconds.set(c, Math.min(seconds.get(c) ?? Infinity, time(c.run)));
+    }
+  }
+  return seconds;
+}
+
+function report(name: string, value: number, unit: string, note = ""): void {
+  if (json) {
+    console.log(
+      JSON.stringify({ name, value: Number(value.toFixed(3)), unit }),
+    );
+  } else {
+    const shown = unit === "GFLOP/s" ? value.toFixed(1) : value.toFixed(2);
+    console.log(`${name.padEnd(44)} ${shown.padStart(7)} ${unit}${note}`);
+  }
+}
+
+const gemms = [512, 1024, 2048].map(sgemmCase);
+const convs = convCases();
+const seconds = timeAll([...gemms, ...convs.all]);
+const rate = (c: Case) => c.flops / seconds.get(c)! / 1e9;
+for (const c of [...gemms, ...convs.all]) report(c.name, rate(c), "GFLOP/s");
+
+const sgemmRate = gemms.reduce((sum, c) => sum + rate(c), 0) / gemms.length;
+let flops = 0;
+let total = 0;
+for (const c of convs.training) {
+  flops += c.flops;
+  total += seconds.get(c)!;
+}
+const overall = flops / total / 1e9;
+if (json) {
+  report("conv fwd+bwd overall", overall, "GFLOP/s");
+  report("conv fwd+bwd overall / sgemm", overall / sgemmRate, "ratio");
+} else {
+  const ratio = (overall / sgemmRate).toFixed(2);
+  report("conv fwd+bwd overall", overall, "GFLOP/s", ` = ${ratio} of sgemm`);
+}
