@@ -72,6 +72,76 @@ export function resnet50Convs(n: number): ConvShape[] {
   ];
 }
 
+/**
+ * Every convolution of torchvision's ResNet-50 at 224 px and batch `n`, as
+ * distinct shapes with the number of layers of each shape (53 in all).
+ */
+export function resnet50Network(
+  n: number,
+): { shape: ConvShape; count: number }[] {
+  const layers: [
+    string,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ][] = [];
+  const add = (
+    name: string,
+    c: number,
+    size: number,
+    k: number,
+    kernel: number,
+    stride: number,
+    count: number,
+  ) =>
+    layers.push([name, c, size, k, kernel, stride, (kernel - 1) >> 1, count]);
+  add("conv1", 3, 224, 64, 7, 2, 1);
+  const stages = [[64, 3, 56], [128, 4, 56], [256, 6, 28], [
+    512,
+    3,
+    14,
+  ]] as const;
+  let inC = 64;
+  stages.forEach(([width, blocks, size], i) => {
+    const stride = i === 0 ? 1 : 2;
+    const out = size / stride;
+    const name = `layer${i + 1}`;
+    // Block 0: 1x1 reduce at the input size, strided 3x3, 1x1 expand, downsample.
+    add(name, inC, size, width, 1, 1, 1);
+    add(name, width, size, width, 3, stride, 1);
+    add(name, width, out, 4 * width, 1, 1, 1);
+    add(`${name} downsample`, inC, size, 4 * width, 1, stride, 1);
+    // The other blocks.
+    add(name, 4 * width, out, width, 1, 1, blocks - 1);
+    add(name, width, out, width, 3, 1, blocks - 1);
+    add(name, width, out, 4 * width, 1, 1, blocks - 1);
+    inC = 4 * width;
+  });
+  // Merge equal shapes.
+  const merged = new Map<string, { shape: ConvShape; count: number }>();
+  for (const [name, c, size, k, kernel, stride, pad, count] of layers) {
+    const key = [c, size, k, kernel, stride].join();
+    const have = merged.get(key);
+    if (have) {
+      have.count += count;
+      continue;
+    }
+    merged.set(key, {
+      shape: {
+        name: `${name} ${kernel}x${kernel}/${stride} ${c}>${k} @${size}`,
+        desc: convDesc(n, c, size, k, kernel, stride, pad),
+        first: name === "conv1",
+      },
+      count,
+    });
+  }
+  return [...merged.values()];
+}
+
 /** Multiply-adds times two of one pass (forward, backward-data or -filter). */
 export function convFlops(d: ConvDesc): number {
   return 2 * d.n * d.k * d.c * d.r * d.s * d.oh * d.ow;

@@ -1,14 +1,84 @@
 /**
  * Batch-norm kernels over [n, c, spatial] (PyTorch's BatchNorm1d/2d math).
  *
- * Statistics are accumulated in float64 (JavaScript numbers) with a separate
- * pass for the variance, so they do not lose digits on large batches. Loops
- * run channel by channel and, inside, over contiguous spatial rows.
+ * Statistics take one pass: sums of x - K and (x - K)^2 in float64, with K
+ * the channel's first element. Shifting by a value of the data keeps the
+ * variance accurate when the mean is large next to the spread, and float64
+ * sums of float32 data lose nothing at these counts. Each loop over a
+ * contiguous spatial row is a small function (see elementwise.ts on why).
  *
  * @module
  */
 
 import type { BatchNormDesc } from "../nn/backend.ts";
+
+/** Sums of (x - k) and (x - k)^2 over x[from..to), added into out[0..1]. */
+function shiftedMoments(
+  x: Float32Array,
+  from: number,
+  to: number,
+  k: number,
+  out: Float64Array,
+): void {
+  let s = 0;
+  let q = 0;
+  for (let j = from; j < to; j++) {
+    const t = x[j] - k;
+    s += t;
+    q += t * t;
+  }
+  out[0] += s;
+  out[1] += q;
+}
+
+/** y = x * scale + shift over [from, to). */
+function scaleRange(
+  x: Float32Array,
+  y: Float32Array,
+  from: number,
+  to: number,
+  scale: number,
+  shift: number,
+): void {
+  for (let j = from; j < to; j++) y[j] = x[j] * scale + shift;
+}
+
+/** Sums of dy and dy * (x - mean) over [from, to), added into out[0..1]. */
+function gradientMoments(
+  x: Float32Array,
+  dy: Float32Array,
+  from: number,
+  to: number,
+  mean: number,
+  out: Float64Array,
+): void {
+  let s = 0;
+  let q = 0;
+  for (let j = from; j < to; j++) {
+    const g = dy[j];
+    s += g;
+    q += g * (x[j] - mean);
+  }
+  out[0] += s;
+  out[1] += q;
+}
+
+/** dx = g * (dy - meanDy - (x - mean) * k) over [from, to). */
+function gradientRange(
+  x: Float32Array,
+  dy: Float32Array,
+  dx: Float32Array,
+  from: number,
+  to: number,
+  g: number,
+  meanDy: number,
+  mean: number,
+  k: number,
+): void {
+  for (let j = from; j < to; j++) {
+    dx[j] = g * (dy[j] - meanDy - (x[j] - mean) * k);
+  }
+}
 
 export function batchNormForwardTraining(
   x: Float32Array,
@@ -24,21 +94,19 @@ export function batchNormForwardTraining(
   const { n, c, spatial: s, eps, momentum } = d;
   const count = n * s;
   const plane = c * s;
+  const m = new Float64Array(2);
   for (let ch = 0; ch < c; ch++) {
-    let sum = 0;
+    const k = x[ch * s];
+    m[0] = 0;
+    m[1] = 0;
     for (let i = 0; i < n; i++) {
       const base = i * plane + ch * s;
-      for (let j = base; j < base + s; j++) sum += x[j];
+      shiftedMoments(x, base, base + s, k, m);
     }
-    const mean = sum / count;
-    let sq = 0;
-    for (let i = 0; i < n; i++) {
-      const base = i * plane + ch * s;
-      for (let j = base; j < base + s; j++) {
-        const t = x[j] - mean;
-        sq += t * t;
-      }
-    }
+    const shiftedMean = m[0] / count;
+    const mean = k + shiftedMean;
+    // Sum of squared deviations from the mean, never below 0 after rounding.
+    const sq = Math.max(m[1] - m[0] * shiftedMean, 0);
     const variance = sq / count;
     const invStd = 1 / Math.sqrt(variance + eps);
     saveMean[ch] = mean;
@@ -47,7 +115,7 @@ export function batchNormForwardTraining(
     const shift = (beta ? beta[ch] : 0) - mean * scale;
     for (let i = 0; i < n; i++) {
       const base = i * plane + ch * s;
-      for (let j = base; j < base + s; j++) y[j] = x[j] * scale + shift;
+      scaleRange(x, y, base, base + s, scale, shift);
     }
     if (runningMean && runningVar) {
       // PyTorch updates the running variance with the unbiased estimate.
@@ -74,7 +142,7 @@ export function batchNormForwardInference(
     const shift = (beta ? beta[ch] : 0) - mean[ch] * scale;
     for (let i = 0; i < n; i++) {
       const base = i * plane + ch * s;
-      for (let j = base; j < base + s; j++) y[j] = x[j] * scale + shift;
+      scaleRange(x, y, base, base + s, scale, shift);
     }
   }
 }
@@ -93,28 +161,23 @@ export function batchNormBackward(
   const { n, c, spatial: s } = d;
   const count = n * s;
   const plane = c * s;
+  const m = new Float64Array(2);
   for (let ch = 0; ch < c; ch++) {
     const mean = saveMean[ch];
     const invStd = saveInvStd[ch];
-    let sumDy = 0;
-    let sumDyXc = 0;
+    m[0] = 0;
+    m[1] = 0;
     for (let i = 0; i < n; i++) {
       const base = i * plane + ch * s;
-      for (let j = base; j < base + s; j++) {
-        const g = dy[j];
-        sumDy += g;
-        sumDyXc += g * (x[j] - mean);
-      }
+      gradientMoments(x, dy, base, base + s, mean, m);
     }
+    const [sumDy, sumDyXc] = m;
     // dx = gamma * invStd * (dy - mean(dy) - xhat * mean(dy * xhat))
     const g = (gamma ? gamma[ch] : 1) * invStd;
-    const meanDy = sumDy / count;
     const k = (sumDyXc / count) * invStd * invStd;
     for (let i = 0; i < n; i++) {
       const base = i * plane + ch * s;
-      for (let j = base; j < base + s; j++) {
-        dx[j] = g * (dy[j] - meanDy - (x[j] - mean) * k);
-      }
+      gradientRange(x, dy, dx, base, base + s, g, sumDy / count, mean, k);
     }
     if (dGamma) dGamma[ch] = sumDyXc * invStd;
     if (dBeta) dBeta[ch] = sumDy;
