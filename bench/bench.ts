@@ -13,6 +13,7 @@
  * @module
  */
 
+import { CpuBackend } from "../cpu/backend.ts";
 import { blas } from "../cpu/blas.ts";
 import {
   conv2dBackwardData,
@@ -170,6 +171,100 @@ function report(name: string, value: number, unit: string, note = ""): void {
   }
 }
 
+/**
+ * The memory-bound kernels of a training step on a layer1-sized activation
+ * [8, 256, 56, 56] (the stem's [8, 64, 112, 112] for max pooling), through
+ * the backend interface. `flops` counts elements here.
+ */
+function kernelCases(): Case[] {
+  const be = new CpuBackend();
+  const [n, c, hw] = [BATCH, 256, 56 * 56];
+  const size = n * c * hw;
+  const buffer = (length: number) => {
+    const b = be.alloc(length);
+    be.write(b, randomArray(length));
+    return b;
+  };
+  const [x, y, dy, dx] = [
+    buffer(size),
+    buffer(size),
+    buffer(size),
+    buffer(size),
+  ];
+  const [gamma, beta, mean, variance, saveMean, saveInvStd, dGamma, dBeta] =
+    Array.from({ length: 8 }, () => buffer(c));
+  be.fill(variance, 1);
+  const rows = buffer(n * c);
+  const bn = { n, c, spatial: hw, eps: 1e-5, momentum: 0.1 };
+  const pool = {
+    n,
+    c: 64,
+    h: 112,
+    w: 112,
+    kh: 3,
+    kw: 3,
+    strideH: 2,
+    strideW: 2,
+    padH: 1,
+    padW: 1,
+    oh: 56,
+    ow: 56,
+  };
+  const poolIn = n * 64 * 112 * 112;
+  const full = [1, 1, size] as const;
+  const k = (name: string, elements: number, run: () => void): Case => ({
+    name: `kernel ${name}`,
+    flops: elements,
+    run,
+  });
+  return [
+    k("batch norm fwd train", size, () =>
+      be.batchNormForwardTraining(
+        x,
+        y,
+        gamma,
+        beta,
+        mean,
+        variance,
+        saveMean,
+        saveInvStd,
+        bn,
+      )),
+    k(
+      "batch norm fwd eval",
+      size,
+      () => be.batchNormForwardInference(x, y, gamma, beta, mean, variance, bn),
+    ),
+    k("batch norm bwd", size, () =>
+      be.batchNormBackward(
+        x,
+        dy,
+        dx,
+        gamma,
+        dGamma,
+        dBeta,
+        saveMean,
+        saveInvStd,
+        bn,
+      )),
+    k("relu fwd", size, () => be.reluForward(x, y, size)),
+    k("relu bwd", size, () => be.reluBackward(y, dy, dx, size)),
+    k("add", size, () => be.opTensor("add", 1, x, 1, dy, full, 0, y, full)),
+    k("axpby", size, () => be.axpby(size, 1, x, 1, y)),
+    k(
+      "global avg pool",
+      size,
+      () => be.reduceSum(1 / hw, x, [1, n * c, hw], 0, rows, [1, n * c, 1]),
+    ),
+    k("max pool 3x3/2 fwd", poolIn, () => be.maxPoolForward(x, y, pool)),
+    k(
+      "max pool 3x3/2 bwd",
+      poolIn,
+      () => be.maxPoolBackward(x, y, dy, dx, pool),
+    ),
+  ];
+}
+
 const gemms = [512, 1024, 2048].map(sgemmCase);
 const convs = convCases(resnet50Convs(BATCH));
 const network = resnet50Network(BATCH);
@@ -177,6 +272,11 @@ const networkSteps = convCases(network.map((l) => l.shape)).training;
 const seconds = timeAll([...gemms, ...convs.all, ...networkSteps]);
 const rate = (c: Case) => c.flops / seconds.get(c)! / 1e9;
 for (const c of [...gemms, ...convs.all]) report(c.name, rate(c), "GFLOP/s");
+const kernels = kernelCases();
+const kernelSeconds = timeAll(kernels);
+for (const c of kernels) {
+  report(c.name, c.flops / kernelSeconds.get(c)! / 1e9, "Gelem/s");
+}
 
 const sgemmRate = gemms.reduce((sum, c) => sum + rate(c), 0) / gemms.length;
 
