@@ -62,3 +62,56 @@ export {
   maxPool2d,
   type MaxPool2dOptions,
 } from "./ops/pool.ts";
+export { Layer, type LoadResult, Module, type StateValue } from "./module.ts";
+export {
+  AdaptiveAvgPool2d,
+  BatchNorm1d,
+  BatchNorm2d,
+  type BatchNormLayerOptions,
+  Conv2d,
+  type Conv2dLayerOptions,
+  Flatten,
+  Identity,
+  type InitOptions,
+  Linear,
+  type LinearOptions,
+  MaxPool2d,
+  ReLU,
+  Sequential,
+} from "./layers.ts";
+export {
+  BasicBlock,
+  Bottleneck,
+  ResNet,
+  resnet101,
+  resnet152,
+  resnet18,
+  resnet34,
+  resnet50,
+  type ResNetName,
+  type ResNetOptions,
+  resnets,
+} from "./resnet.ts";
+export {
+  LARS,
+  type LARSOptions,
+  type OptimizerHyper,
+  type OptimizerState,
+  SGD,
+  type SGDOptions,
+} from "./optim.ts";
+export {
+  decodeSafetensors,
+  encodeSafetensors,
+  type HostTensor,
+  readSafetensors,
+  type Safetensors,
+  writeFileAtomic,
+  writeSafetensors,
+} from "./safetensors.ts";
+export {
+  type Checkpoint,
+  loadCheckpoint,
+  saveCheckpoint,
+  type SaveOptions,
+} from "./checkpoint.ts";

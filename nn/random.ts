@@ -83,12 +83,23 @@ export class Generator {
       this.#spare = null;
       return mean + std * z;
     }
+    const pair = this.#pair();
+    this.#spare = pair[1];
+    return mean + std * pair[0];
+  }
+
+  #pairOut = new Float64Array(2);
+
+  /** Two independent standard normals (Box-Muller) in a reused array. */
+  #pair(): Float64Array {
     let u = 0;
     while (u === 0) u = this.uniform();
     const v = this.uniform();
     const r = Math.sqrt(-2 * Math.log(u));
-    this.#spare = r * Math.sin(2 * Math.PI * v);
-    return mean + std * r * Math.cos(2 * Math.PI * v);
+    const out = this.#pairOut;
+    out[0] = r * Math.cos(2 * Math.PI * v);
+    out[1] = r * Math.sin(2 * Math.PI * v);
+    return out;
   }
 
   /** A uniform integer in [low, high), without modulo bias. */
@@ -126,9 +137,19 @@ export class Generator {
     return out;
   }
 
-  /** Fills an array with normal values. */
+  /**
+   * Fills an array with normal values: the same values as calling
+   * `normal()` for each element, drawn a pair at a time.
+   */
   fillNormal(out: Float32Array, mean = 0, std = 1): Float32Array {
-    for (let i = 0; i < out.length; i++) out[i] = this.normal(mean, std);
+    let i = 0;
+    if (this.#spare !== null && out.length > 0) out[i++] = this.normal(mean, std);
+    for (; i + 1 < out.length; i += 2) {
+      const pair = this.#pair();
+      out[i] = mean + std * pair[0];
+      out[i + 1] = mean + std * pair[1];
+    }
+    if (i < out.length) out[i] = this.normal(mean, std);
     return out;
   }
 }

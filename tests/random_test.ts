@@ -55,3 +55,18 @@ Deno.test("integer() is uniform over its range and permutation() is a permutatio
   assertThrows(() => g.integer(3, 3), /bad range \[3, 3\)/);
   assertThrows(() => new Generator(1.5), /seeds and keys must be integers/);
 });
+
+Deno.test("fillNormal() gives the same values as repeated normal() calls", () => {
+  for (const [skip, length] of [[0, 7], [1, 6], [1, 1], [0, 0]]) {
+    const a = new Generator(4);
+    const b = new Generator(4);
+    for (let i = 0; i < skip; i++) {
+      a.normal();
+      b.normal();
+    }
+    const filled = a.fillNormal(new Float32Array(length), 1, 2);
+    const one = Float32Array.from({ length }, () => b.normal(1, 2));
+    assert.deepEqual([...filled], [...one]);
+    assert.equal(a.normal(), b.normal());
+  }
+});
