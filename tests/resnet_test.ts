@@ -38,11 +38,18 @@ for (const [name, make, params, keys] of expected) {
   });
 }
 
-Deno.test("ResNets with the small-image stem take 32 px images", () => {
-  for (const make of [resnet18, resnet50]) {
-    const net = make({ numClasses: 10, smallStem: true });
+Deno.test("every ResNet with the small-image stem takes 32 px images", () => {
+  // Full width for resnet18 and resnet50; narrower deep ones keep the test quick.
+  for (
+    const [make, width] of [[resnet18, 64], [resnet34, 16], [resnet50, 64], [
+      resnet101,
+      16,
+    ], [resnet152, 16]] as const
+  ) {
+    const net = make({ numClasses: 10, smallStem: true, width });
     try {
-      assert.deepEqual([...net.conv1.weight.shape], [64, 3, 3, 3]);
+      assert.deepEqual([...net.conv1.weight.shape], [width, 3, 3, 3]);
+      assert.equal(net.child("maxpool").constructor.name, "Identity");
       const shape = scope(() =>
         net.train().forward(randn([2, 3, 32, 32], new Generator(2))).shape
       );
@@ -51,6 +58,10 @@ Deno.test("ResNets with the small-image stem take 32 px images", () => {
         net.features(randn([2, 3, 32, 32], new Generator(2))).shape
       );
       assert.deepEqual(features, [2, net.featureDim]);
+      assert.equal(
+        net.featureDim,
+        width * 8 * (make === resnet18 || make === resnet34 ? 1 : 4),
+      );
     } finally {
       net.dispose();
     }
