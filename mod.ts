@@ -16,4 +16,5 @@
  */
 
 export * from "./nn/mod.ts";
+export * from "./mec/mod.ts";
 export { CpuBackend } from "./cpu/mod.ts";

@@ -1,0 +1,18 @@
+/**
+ * The MEC method: the loss, the model with its EMA teacher, the schedules and
+ * one training step.
+ *
+ * @module
+ */
+
+export { logDetLoss, mecLoss, type MecLossOptions } from "./loss.ts";
+export { MEC, type MecModelOptions, type MecOutputs } from "./model.ts";
+export {
+  cosineSchedule,
+  lamdaInvSchedule,
+  type MecConstants,
+  mecConstants,
+  type ScheduleShape,
+  warmupSchedule,
+} from "./schedules.ts";
+export { mecStep, type StepResult, type StepSettings } from "./train.ts";

@@ -1,0 +1,70 @@
+/**
+ * One MEC training step: both views through student and teacher, the
+ * symmetric loss, backward, SGD with the iteration's learning rate, and the
+ * teacher's EMA with the iteration's momentum. Every intermediate is freed.
+ *
+ * @module
+ */
+
+import type { SGD } from "../nn/optim.ts";
+import { add, mulScalar } from "../nn/ops/elementwise.ts";
+import { scope, type Tensor } from "../nn/tensor.ts";
+import { mecLoss } from "./loss.ts";
+import type { MEC } from "./model.ts";
+
+export interface StepSettings {
+  /** Global iteration, for error messages. */
+  iteration: number;
+  lr: number;
+  teacherMomentum: number;
+  lamdaInv: number;
+  /** mu = (m + d) / 2, which turns the loss into a coding length. */
+  mu: number;
+  order?: number;
+  form?: "batch" | "feature";
+}
+
+export interface StepResult {
+  /** The minimised loss: -mec * lamdaInv. */
+  loss: number;
+  /** The per-sample coding length: mec * mu. */
+  mec: number;
+}
+
+/**
+ * One optimisation step on a pair of views (each [m, 3, h, w]). Throws,
+ * before touching any weight, when the loss is NaN or infinite.
+ */
+export function mecStep(
+  model: MEC,
+  optimizer: SGD,
+  x1: Tensor,
+  x2: Tensor,
+  s: StepSettings,
+): StepResult {
+  return scope(() => {
+    optimizer.lr = s.lr;
+    optimizer.zeroGrad();
+    const { z1, z2, p1, p2 } = model.forward(x1, x2);
+    const m = x1.shape[0];
+    const opts = {
+      lamdaInv: s.lamdaInv,
+      order: s.order ?? 4,
+      form: s.form ?? "batch",
+    };
+    // mec = (L(p1, z2) + L(p2, z1)) * 0.5 / m; loss = -mec * lamdaInv.
+    const mec = mulScalar(
+      add(mecLoss(p1, z2, opts), mecLoss(p2, z1, opts)),
+      0.5 / m,
+    );
+    const loss = mulScalar(mec, -s.lamdaInv);
+    const value = loss.item();
+    if (!Number.isFinite(value)) {
+      throw new Error(`the MEC loss is ${value} at iteration ${s.iteration}`);
+    }
+    loss.backward();
+    optimizer.step();
+    model.updateTeacher(s.teacherMomentum);
+    return { loss: value, mec: mec.item() * s.mu };
+  });
+}
