@@ -67,3 +67,50 @@ export function modelCases(): ModelCase[] {
     ),
   ];
 }
+
+function mecCase(
+  label: string,
+  opts: MecModelOptions,
+  batch: number,
+  size: number,
+): ModelCase {
+  const model = new MEC(opts);
+  const optimizer = new SGD(model.trainableParameters(), {
+    lr: 0.1,
+    momentum: 0.9,
+    weightDecay: 1e-5,
+  });
+  const gen = new Generator(0);
+  const x1 = randn([batch, 3, size, size], gen);
+  const x2 = randn([batch, 3, size, size], gen);
+  const dim = model.dim;
+  let iteration = 0;
+  return {
+    name: `mec step ${label}`,
+    images: batch,
+    run: () =>
+      void mecStep(model, optimizer, x1, x2, {
+        iteration: iteration++,
+        lr: 0.1,
+        teacherMomentum: 0.996,
+        lamdaInv: batch * 64 / dim,
+        mu: (batch + dim) / 2,
+      }),
+  };
+}
+
+/**
+ * One full MEC training step (two views, student forward+backward, teacher
+ * forward, loss, SGD, EMA); `images` counts image pairs.
+ */
+export function mecCases(): ModelCase[] {
+  return [
+    mecCase("resnet50 224px batch 16", { arch: "resnet50" }, 16, 224),
+    mecCase(
+      "resnet18 small-stem 32px batch 256",
+      { arch: "resnet18", smallStem: true },
+      256,
+      32,
+    ),
+  ];
+}
