@@ -8,12 +8,16 @@
 import {
   crossEntropy,
   Generator,
+  MEC,
+  type MecModelOptions,
+  mecStep,
   noGrad,
   randn,
   type ResNet,
   resnet18,
   resnet50,
   scope,
+  SGD,
 } from "../mod.ts";
 
 /** One model workload: `run` processes `images` images. */
