@@ -18,3 +18,4 @@
 export * from "./nn/mod.ts";
 export * from "./mec/mod.ts";
 export { CpuBackend } from "./cpu/mod.ts";
+export * from "./data/mod.ts";

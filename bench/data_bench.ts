@@ -1,0 +1,135 @@
+/**
+ * Throughput of the data path on a real ImageNet-sized photograph
+ * (tests/fixtures/photo/coffee-500x375.jpg): JPEG decoding, MEC's two-view
+ * augmentation to 224 px, and the whole loader (decode + two views +
+ * transfer) with 1 and with 2 workers.
+ *
+ *     deno run --allow-read --allow-env bench/data_bench.ts [--json]
+ *
+ * Prints images/s and ms per image for each case; with `--json`, one JSON
+ * object per line (`{"name", "value", "unit"}`). For scale
+ * (shared/reference/measured.md): PIL decodes such a photo in 1-1.6 ms and
+ * torchvision's MEC view augmentation costs 11-15 ms per view, 22-30 ms per
+ * image for two views.
+ *
+ * @module
+ */
+
+import { decodeImage } from "../data/decode.ts";
+import type { Dataset, SampleSource } from "../data/dataset.ts";
+import { DataLoader } from "../data/loader.ts";
+import { applyView, mecViews, ViewScratch } from "../data/pipelines.ts";
+import { Generator } from "../nn/random.ts";
+
+/** One timed workload: `run` processes `images` images. */
+export interface DataCase {
+  name: string;
+  images: number;
+  run: () => void | Promise<void>;
+  /** Called once when the case is done (stops workers). */
+  close?: () => Promise<void>;
+}
+
+const PHOTO_URL = new URL(
+  "../tests/fixtures/photo/coffee-500x375.jpg",
+  import.meta.url,
+);
+
+/** The photo's file, served for every index as an ImageFolder would. */
+class PhotoDataset implements Dataset {
+  readonly classes = ["coffee"];
+  constructor(readonly length: number, readonly bytes: Uint8Array) {}
+  label(): number {
+    return 0;
+  }
+  name(index: number): string {
+    return `coffee[${index}]`;
+  }
+  source(): Promise<SampleSource> {
+    // A fresh copy, as a file read would give, so it can be transferred.
+    return Promise.resolve({ kind: "encoded", bytes: this.bytes.slice() });
+  }
+}
+
+/** The data benchmark cases. */
+export function dataCases(): DataCase[] {
+  const bytes = Deno.readFileSync(PHOTO_URL);
+  const image = decodeImage(bytes);
+  const [view1, view2] = mecViews(224);
+  const out = new Float32Array(3 * 224 * 224);
+  const scratch = new ViewScratch();
+  let key = 0;
+  const cases: DataCase[] = [
+    {
+      name: "decode JPEG 500x375",
+      images: 4,
+      run: () => {
+        for (let i = 0; i < 4; i++) decodeImage(bytes);
+      },
+    },
+    {
+      name: "MEC two views 224 px (one thread)",
+      images: 4,
+      run: () => {
+        for (let i = 0; i < 4; i++) {
+          const gen = new Generator(0, 0, key++);
+          applyView(image, view1, gen, out, 0, scratch);
+          applyView(image, view2, gen, out, 0, scratch);
+        }
+      },
+    },
+  ];
+  for (const workers of [1, 2]) {
+    const batchSize = 16;
+    const batches = 4;
+    const loader = new DataLoader({
+      dataset: new PhotoDataset(batchSize * batches, bytes),
+      views: [view1, view2],
+      batchSize,
+      workers,
+    });
+    let epoch = 0;
+    cases.push({
+      name: `loader decode + two views 224 px, ${workers} worker${
+        workers > 1 ? "s" : ""
+      }`,
+      images: batchSize * batches,
+      run: async () => {
+        for await (const batch of loader.epoch(epoch++)) loader.recycle(batch);
+      },
+      close: () => loader.close(),
+    });
+  }
+  return cases;
+}
+
+/** Best of `rounds` timed runs after one warm-up, in ms per image. */
+async function measure(c: DataCase, rounds = 3): Promise<number> {
+  await c.run();
+  let best = Infinity;
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    await c.run();
+    best = Math.min(best, (performance.now() - t0) / c.images);
+  }
+  return best;
+}
+
+if (import.meta.main) {
+  const json = Deno.args.includes("--json");
+  for (const c of dataCases()) {
+    const ms = await measure(c);
+    await c.close?.();
+    if (json) {
+      console.log(
+        JSON.stringify({ name: c.name, value: 1000 / ms, unit: "images/s" }),
+      );
+    } else {
+      console.log(
+        `${c.name.padEnd(48)} ${(1000 / ms).toFixed(1).padStart(7)} images/s ${
+          ms.toFixed(2).padStart(7)
+        } ms/image`,
+      );
+    }
+  }
+}

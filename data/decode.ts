@@ -1,0 +1,181 @@
+/**
+ * Image files to RGB pixels: JPEG through `npm:jpeg-js` (baseline and
+ * progressive, every chroma subsampling, grayscale, CMYK and Adobe RGB) and
+ * PNG through `npm:pngjs`. Anything else, and any file that ends before its
+ * image does, is a {@link DecodeError}, which the loader counts and reports
+ * instead of stopping.
+ *
+ * @module
+ */
+
+import jpeg from "jpeg-js";
+// @ts-types="@types/pngjs"
+import { PNG } from "pngjs";
+import { Buffer } from "node:buffer";
+
+/** 8-bit RGB pixels, row by row, three bytes per pixel (HWC). */
+export interface RgbImage {
+  width: number;
+  height: number;
+  /** `width * height * 3` bytes: R, G, B of each pixel in row-major order. */
+  data: Uint8Array;
+}
+
+/** A file that is not a decodable image; `message` says why. */
+export class DecodeError extends Error {
+  override name = "DecodeError";
+}
+
+/** Larger images are refused: the decoders hold the whole image in memory. */
+const MAX_MEGAPIXELS = 100;
+
+/** The image formats {@link decodeImage} recognises by their first bytes. */
+export type ImageFormat = "jpeg" | "png";
+
+/** The format announced by a file's signature, or null if neither. */
+export function sniffFormat(bytes: Uint8Array): ImageFormat | null {
+  if (bytes.length >= 3 && bytes[0] === 0xff && bytes[1] === 0xd8) {
+    return "jpeg";
+  }
+  const png = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+  if (bytes.length >= 8 && png.every((b, i) => bytes[i] === b)) return "png";
+  return null;
+}
+
+/**
+ * Decodes a JPEG or PNG file (recognised by its signature, not its name) into
+ * RGB. Grey images get three equal channels; alpha is dropped.
+ *
+ * @throws {DecodeError} when the bytes are not a complete, decodable image.
+ */
+export function decodeImage(bytes: Uint8Array): RgbImage {
+  const format = sniffFormat(bytes);
+  if (format === "jpeg") return decodeJpeg(bytes);
+  if (format === "png") return decodePng(bytes);
+  throw new DecodeError("not a JPEG or PNG file");
+}
+
+/**
+ * Whether a JPEG stream ends with its End Of Image marker after the last
+ * scan. jpeg-js decodes a truncated file without complaint (the missing
+ * blocks come out grey), and PIL refuses such a file, so we refuse it too.
+ * Entropy-coded data never contains 0xFF followed by 0xD9 or 0xDA (0xFF is
+ * stuffed as FF 00), so the last FF DA is the start of the last scan header
+ * and an FF D9 after it is the real end marker; bytes after the marker
+ * (cameras append some) are allowed.
+ */
+function jpegIsComplete(bytes: Uint8Array): boolean {
+  let lastScan = -1;
+  for (let i = bytes.length - 2; i >= 0; i--) {
+    if (bytes[i] === 0xff && bytes[i + 1] === 0xda) {
+      lastScan = i;
+      break;
+    }
+  }
+  if (lastScan < 0) return false;
+  for (let i = lastScan + 2; i < bytes.length - 1; i++) {
+    if (bytes[i] === 0xff && bytes[i + 1] === 0xd9) return true;
+  }
+  return false;
+}
+
+/**
+ * Whether the three or four components need the YCbCr (YCCK) to RGB (CMYK)
+ * transform, decided as libjpeg decides: an Adobe marker's transform code
+ * wins; otherwise a file without a JFIF marker whose components are named
+ * 'R', 'G', 'B' holds RGB as is. `undefined` lets jpeg-js choose its default
+ * (transform three components, not four), which jpeg-js also applies when an
+ * Adobe marker says "no transform", hence this scan of the header segments.
+ */
+function colorTransform(bytes: Uint8Array): boolean | undefined {
+  let jfif = false;
+  let adobe: number | null = null;
+  let pos = 2;
+  while (pos + 4 <= bytes.length) {
+    if (bytes[pos] !== 0xff) return undefined;
+    const marker = bytes[pos + 1];
+    if (marker === 0xff) {
+      pos++; // fill byte
+      continue;
+    }
+    const length = (bytes[pos + 2] << 8) | bytes[pos + 3];
+    const body = pos + 4;
+    if (marker === 0xe0 && ascii(bytes, body, 5) === "JFIF\0") jfif = true;
+    if (marker === 0xee && ascii(bytes, body, 5) === "Adobe") {
+      adobe = bytes[body + 11];
+    }
+    const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 &&
+      marker !== 0xc8 && marker !== 0xcc;
+    if (isFrame) {
+      if (adobe !== null) return adobe !== 0;
+      const components = bytes[body + 5];
+      const ids = [0, 1, 2].map((c) => bytes[body + 6 + 3 * c]);
+      const rgbNames = ids[0] === 0x52 && ids[1] === 0x47 && ids[2] === 0x42;
+      return !jfif && components === 3 && rgbNames ? false : undefined;
+    }
+    pos = body + length - 2;
+  }
+  return undefined;
+}
+
+function ascii(bytes: Uint8Array, start: number, length: number): string {
+  return String.fromCharCode(...bytes.subarray(start, start + length));
+}
+
+function decodeJpeg(bytes: Uint8Array): RgbImage {
+  if (!jpegIsComplete(bytes)) {
+    throw new DecodeError(
+      "truncated JPEG (no end-of-image marker after the last scan)",
+    );
+  }
+  let decoded: { width: number; height: number; data: Uint8Array };
+  try {
+    decoded = jpeg.decode(bytes, {
+      useTArray: true,
+      // Three bytes per pixel straight from the colour conversion: no alpha
+      // channel to strip afterwards.
+      formatAsRGBA: false,
+      colorTransform: colorTransform(bytes),
+      // Damaged entropy-coded data decodes to what it can, as in libjpeg;
+      // a file cut short is refused above.
+      tolerantDecoding: true,
+      maxResolutionInMP: MAX_MEGAPIXELS,
+      maxMemoryUsageInMB: 1024,
+    });
+  } catch (e) {
+    throw new DecodeError(`undecodable JPEG (${errorText(e)})`);
+  }
+  const { width, height, data } = decoded;
+  if (!(width > 0 && height > 0) || data.length !== width * height * 3) {
+    throw new DecodeError(`undecodable JPEG (${width}x${height} pixels)`);
+  }
+  return { width, height, data };
+}
+
+function decodePng(bytes: Uint8Array): RgbImage {
+  let png: { width: number; height: number; data: Uint8Array };
+  try {
+    // pngjs reads Node Buffers; this one shares the file's memory.
+    const buffer = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+    png = PNG.sync.read(buffer);
+  } catch (e) {
+    throw new DecodeError(`undecodable PNG (${errorText(e)})`);
+  }
+  const { width, height, data: rgba } = png;
+  if (width * height > MAX_MEGAPIXELS * 1e6) {
+    throw new DecodeError(`PNG of ${width}x${height} pixels is too large`);
+  }
+  // pngjs always expands to 8-bit RGBA (16-bit samples are scaled down).
+  const n = width * height;
+  const data = new Uint8Array(n * 3);
+  for (let p = 0, q = 0; p < n; p++, q += 4) {
+    data[3 * p] = rgba[q];
+    data[3 * p + 1] = rgba[q + 1];
+    data[3 * p + 2] = rgba[q + 2];
+  }
+  return { width, height, data };
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

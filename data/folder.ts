@@ -1,0 +1,254 @@
+/**
+ * ImageFolder as torchvision defines it: `root/<class>/**\/<image>`, classes
+ * the sorted sub-folder names, labels their indices, files in sorted walk
+ * order, extensions matched case-insensitively. The listing of a large tree
+ * can be cached in a JSON index file so that it is built once.
+ *
+ * @module
+ */
+
+import { join, resolve } from "node:path";
+import type { Dataset, SampleSource } from "./dataset.ts";
+import { checkIndex } from "./dataset.ts";
+
+/**
+ * The extensions ImageFolder takes: those of torchvision that the decoder
+ * reads (JPEG and PNG), matched case-insensitively (ImageNet's are ".JPEG").
+ */
+export const IMAGE_EXTENSIONS: readonly string[] = [".jpg", ".jpeg", ".png"];
+
+/** Options of {@link imageFolder}. */
+export interface ImageFolderOptions {
+  /**
+   * A JSON file holding the listing. Reused when it lists the same root and
+   * the root and every class folder still have the modification times it
+   * recorded (adding or removing a file in a class folder changes its time;
+   * a change deeper down does not, so delete the index after editing nested
+   * folders); rewritten otherwise.
+   */
+  index?: string;
+}
+
+/** One class folder as the index file records it. */
+interface IndexedClass {
+  name: string;
+  mtime: number;
+  /** Paths relative to the class folder, in torchvision's order. */
+  files: string[];
+}
+
+interface IndexFile {
+  version: 1;
+  root: string;
+  mtime: number;
+  classes: IndexedClass[];
+}
+
+/** The images of an ImageFolder tree and their labels. */
+export class ImageFolder implements Dataset {
+  /** The folder's absolute path. */
+  readonly root: string;
+  readonly classes: readonly string[];
+  readonly length: number;
+  /** Whether the listing came from the index file. */
+  readonly fromIndex: boolean;
+  #paths: string[];
+  #labels: Int32Array;
+
+  constructor(root: string, listing: IndexedClass[], fromIndex: boolean) {
+    this.root = root;
+    this.classes = listing.map((c) => c.name);
+    this.#paths = [];
+    const labels: number[] = [];
+    listing.forEach((c, label) => {
+      for (const f of c.files) {
+        this.#paths.push(join(c.name, f));
+        labels.push(label);
+      }
+    });
+    this.#labels = Int32Array.from(labels);
+    this.length = this.#paths.length;
+    this.fromIndex = fromIndex;
+  }
+
+  label(index: number): number {
+    checkIndex(this, index);
+    return this.#labels[index];
+  }
+
+  /** The image's path, relative to the root. */
+  name(index: number): string {
+    checkIndex(this, index);
+    return this.#paths[index];
+  }
+
+  /** The image's absolute path. */
+  path(index: number): string {
+    return join(this.root, this.name(index));
+  }
+
+  /** How many images each class has. */
+  counts(): number[] {
+    const counts = new Array(this.classes.length).fill(0);
+    for (const l of this.#labels) counts[l]++;
+    return counts;
+  }
+
+  async source(index: number): Promise<SampleSource> {
+    return { kind: "encoded", bytes: await Deno.readFile(this.path(index)) };
+  }
+}
+
+/**
+ * Lists (or loads from `options.index`) an ImageFolder tree.
+ *
+ * @throws {Error} with one sentence when the folder is missing, is not a
+ * folder, has no class folders, or has a class folder without images.
+ */
+export async function imageFolder(
+  root: string,
+  options: ImageFolderOptions = {},
+): Promise<ImageFolder> {
+  const absolute = resolve(root);
+  const rootStat = await statOrNull(absolute);
+  if (rootStat === null) {
+    throw new Error(`The data folder ${absolute} does not exist.`);
+  }
+  if (!rootStat.isDirectory) {
+    throw new Error(`The data path ${absolute} is not a folder.`);
+  }
+  const classNames = await classFolders(absolute);
+  if (classNames.length === 0) {
+    throw new Error(
+      `The data folder ${absolute} has no class folders: expected ${
+        join(absolute, "<class>", "<image>.jpg")
+      }.`,
+    );
+  }
+  const mtimes = await Promise.all(
+    classNames.map(async (c) => mtimeOf(await Deno.stat(join(absolute, c)))),
+  );
+  if (options.index !== undefined) {
+    const cached = await readIndex(options.index);
+    if (
+      cached !== null && cached.root === absolute &&
+      cached.mtime === mtimeOf(rootStat) &&
+      cached.classes.length === classNames.length &&
+      cached.classes.every((c, i) =>
+        c.name === classNames[i] && c.mtime === mtimes[i]
+      )
+    ) {
+      return new ImageFolder(absolute, cached.classes, true);
+    }
+  }
+  const listing: IndexedClass[] = [];
+  for (let i = 0; i < classNames.length; i++) {
+    const dir = join(absolute, classNames[i]);
+    const files = await listImages(dir);
+    if (files.length === 0) {
+      throw new Error(
+        `The class folder ${dir} has no images (${
+          IMAGE_EXTENSIONS.join(", ")
+        }).`,
+      );
+    }
+    listing.push({ name: classNames[i], mtime: mtimes[i], files });
+  }
+  if (options.index !== undefined) {
+    const index: IndexFile = {
+      version: 1,
+      root: absolute,
+      mtime: mtimeOf(rootStat),
+      classes: listing,
+    };
+    // Written aside and renamed, so a crash never leaves half an index.
+    const temporary = `${options.index}.${Deno.pid}.tmp`;
+    await Deno.writeTextFile(temporary, JSON.stringify(index));
+    await Deno.rename(temporary, options.index);
+  }
+  return new ImageFolder(absolute, listing, false);
+}
+
+async function statOrNull(path: string): Promise<Deno.FileInfo | null> {
+  try {
+    return await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+}
+
+function mtimeOf(info: Deno.FileInfo): number {
+  return info.mtime?.getTime() ?? 0;
+}
+
+/** Sorted names of the sub-folders (following links, as torchvision does). */
+async function classFolders(root: string): Promise<string[]> {
+  const names: string[] = [];
+  for await (const entry of Deno.readDir(root)) {
+    if (await isDirectory(root, entry)) names.push(entry.name);
+  }
+  return names.sort(compareCodePoints);
+}
+
+async function isDirectory(
+  dir: string,
+  entry: Deno.DirEntry,
+): Promise<boolean> {
+  if (entry.isDirectory) return true;
+  if (!entry.isSymlink) return false;
+  const target = await statOrNull(join(dir, entry.name));
+  return target?.isDirectory ?? false;
+}
+
+function hasImageExtension(name: string): boolean {
+  const lower = name.toLowerCase();
+  return IMAGE_EXTENSIONS.some((ext) => lower.endsWith(ext));
+}
+
+/**
+ * Image files under `dir`, relative to it, in the order of Python's
+ * `sorted(os.walk(dir))` with sorted file names: by folder path, then name.
+ */
+async function listImages(dir: string): Promise<string[]> {
+  const found: { folder: string; name: string }[] = [];
+  const walk = async (relative: string) => {
+    const absolute = join(dir, relative);
+    for await (const entry of Deno.readDir(absolute)) {
+      if (await isDirectory(absolute, entry)) {
+        await walk(relative === "" ? entry.name : join(relative, entry.name));
+      } else if (hasImageExtension(entry.name)) {
+        found.push({ folder: relative, name: entry.name });
+      }
+    }
+  };
+  await walk("");
+  found.sort((a, b) =>
+    compareCodePoints(a.folder, b.folder) || compareCodePoints(a.name, b.name)
+  );
+  return found.map((f) => f.folder === "" ? f.name : join(f.folder, f.name));
+}
+
+/** Python's string order (by code point), not the locale's. */
+function compareCodePoints(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+async function readIndex(path: string): Promise<IndexFile | null> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return null;
+    throw e;
+  }
+  try {
+    const parsed = JSON.parse(text) as IndexFile;
+    return parsed.version === 1 && Array.isArray(parsed.classes)
+      ? parsed
+      : null;
+  } catch {
+    // A damaged index is rebuilt, not fatal.
+    return null;
+  }
+}

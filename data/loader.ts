@@ -1,0 +1,522 @@
+/**
+ * The parallel loader: a pool of Deno Workers decodes and augments batches
+ * that arrive as float32 NCHW arrays with their labels, transferred without
+ * copying, shuffled per epoch from the seed, several batches in flight.
+ *
+ * Determinism: the order of epoch e is a permutation drawn from
+ * `Generator(seed, e, -1)`, and sample i's views in epoch e are drawn from
+ * `Generator(seed, e, i)`, whichever worker makes them. Batches therefore do
+ * not depend on the number of workers, or on whether there are any.
+ *
+ * Unreadable images: a sample whose file cannot be read or decoded is
+ * replaced, so that every batch keeps its size (as training with `dropLast`
+ * expects). The replacement for sample i is drawn deterministically: index
+ * `Generator(seed, e, i, a).integer(0, length)` for attempt a = 1, 2, ...,
+ * augmented with `Generator(seed, e, i, a)`. Each epoch ends with a summary
+ * naming every skipped file.
+ *
+ * @module
+ */
+
+import { tensor, type TensorOptions } from "../nn/creation.ts";
+import { Generator } from "../nn/random.ts";
+import type { Tensor } from "../nn/tensor.ts";
+import type { Dataset, SampleSource } from "./dataset.ts";
+import type { ViewRecipe } from "./pipelines.ts";
+import {
+  type BatchJob,
+  type BatchResult,
+  BatchRunner,
+  type SampleJob,
+} from "./task.ts";
+
+/** Options of {@link DataLoader}. */
+export interface DataLoaderOptions {
+  dataset: Dataset;
+  /** The view pipelines: one view per recipe (two for MEC pretraining). */
+  views: ViewRecipe[];
+  batchSize: number;
+  /** Seeds the shuffling and the augmentations (default 0). */
+  seed?: number;
+  /** Visit the samples in a new random order each epoch (default true). */
+  shuffle?: boolean;
+  /** Drop the last batch when it would be smaller (default true). */
+  dropLast?: boolean;
+  /** Worker threads; 0 runs everything in this thread (default 0). */
+  workers?: number;
+  /** Batches in flight per worker (default 2, as PyTorch's prefetch_factor). */
+  prefetch?: number;
+  /** Called with each epoch's summary once its last batch is handed out. */
+  onEpochEnd?: (summary: EpochSummary) => void;
+}
+
+/** One batch: each view as float32 NCHW, and the samples' labels. */
+export interface Batch {
+  epoch: number;
+  /** The batch's number within the epoch. */
+  index: number;
+  /** The dataset indices of the samples (replacements included). */
+  indices: Int32Array;
+  labels: Int32Array;
+  /** One array per view recipe, `shapes[k]` = [n, 3, size, size]. */
+  views: Float32Array[];
+  shapes: [number, number, number, number][];
+}
+
+/** A sample that could not be read or decoded, and what took its place. */
+export interface SkippedSample {
+  index: number;
+  name: string;
+  reason: string;
+  /** The index of the sample used instead. */
+  replacement: number;
+}
+
+/** Where the loader's time went, in milliseconds summed over threads. */
+export interface LoaderTiming {
+  /** Reading files (main thread, asynchronous). */
+  readMs: number;
+  /** Decoding images (workers). */
+  decodeMs: number;
+  /** Augmenting (workers). */
+  augmentMs: number;
+  /** Time the consumer waited for a batch. */
+  waitMs: number;
+}
+
+/** What happened in one epoch. */
+export interface EpochSummary {
+  epoch: number;
+  batches: number;
+  samples: number;
+  /** Skipped samples in index order. */
+  skipped: SkippedSample[];
+  timing: LoaderTiming;
+}
+
+/** One line for a log: the epoch's skipped files, or that there were none. */
+export function formatEpochSummary(summary: EpochSummary): string {
+  const { epoch, skipped } = summary;
+  if (skipped.length === 0) {
+    return `epoch ${epoch}: ${summary.samples} images, none skipped`;
+  }
+  const list = skipped.map((s) => `${s.name} (${s.reason})`).join(", ");
+  return `epoch ${epoch}: skipped ${skipped.length} unreadable image${
+    skipped.length === 1 ? "" : "s"
+  }: ${list}`;
+}
+
+/** The views of a batch as tensors (copied to the device). */
+export function batchTensors(
+  batch: Batch,
+  options: TensorOptions = {},
+): Tensor[] {
+  return batch.views.map((v, k) => tensor(v, batch.shapes[k], options));
+}
+
+/** Replacement draws per unreadable sample before giving up. */
+const MAX_ATTEMPTS = 10;
+
+/** A job waiting for or running on a worker. */
+interface Pending {
+  job: BatchJob;
+  transfer: Transferable[];
+  resolve: (result: BatchResult) => void;
+  reject: (error: Error) => void;
+}
+
+type WorkerReply =
+  | { ok: true; result: BatchResult }
+  | { ok: false; id: number; message: string };
+
+/** Workers that take one job at a time from a shared queue. */
+class WorkerPool {
+  #idle: Worker[] = [];
+  #all: Worker[] = [];
+  #queue: Pending[] = [];
+  #running = new Map<Worker, Pending>();
+  #closed = false;
+
+  constructor(count: number) {
+    const url = new URL("./worker.ts", import.meta.url).href;
+    for (let i = 0; i < count; i++) {
+      const worker = new Worker(url, { type: "module" });
+      worker.onmessage = (event: MessageEvent<WorkerReply>) =>
+        this.#reply(worker, event.data);
+      worker.onerror = (event: ErrorEvent) => {
+        event.preventDefault();
+        this.#fail(new Error(`a data worker failed: ${event.message}`));
+      };
+      this.#all.push(worker);
+      this.#idle.push(worker);
+    }
+  }
+
+  run(job: BatchJob, transfer: Transferable[]): Promise<BatchResult> {
+    if (this.#closed) {
+      return Promise.reject(new Error("the data loader is closed"));
+    }
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ job, transfer, resolve, reject });
+      this.#dispatch();
+    });
+  }
+
+  #dispatch(): void {
+    while (this.#idle.length > 0 && this.#queue.length > 0) {
+      const worker = this.#idle.pop()!;
+      const pending = this.#queue.shift()!;
+      this.#running.set(worker, pending);
+      worker.postMessage(pending.job, pending.transfer);
+    }
+  }
+
+  #reply(worker: Worker, reply: WorkerReply): void {
+    const pending = this.#running.get(worker);
+    this.#running.delete(worker);
+    this.#idle.push(worker);
+    if (pending !== undefined) {
+      if (reply.ok) pending.resolve(reply.result);
+      else pending.reject(new Error(`a data worker failed: ${reply.message}`));
+    }
+    this.#dispatch();
+  }
+
+  #fail(error: Error): void {
+    for (const pending of [...this.#running.values(), ...this.#queue]) {
+      pending.reject(error);
+    }
+    this.#running.clear();
+    this.#queue = [];
+    this.close();
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const worker of this.#all) worker.terminate();
+    const error = new Error("the data loader was closed");
+    for (const pending of [...this.#running.values(), ...this.#queue]) {
+      pending.reject(error);
+    }
+    this.#running.clear();
+    this.#queue = [];
+  }
+}
+
+/**
+ * Batches of augmented views from a dataset, epoch by epoch.
+ *
+ * ```ts ignore
+ * await using loader = new DataLoader({
+ *   dataset: await imageFolder("DATA/train"),
+ *   views: mecViews(224),
+ *   batchSize: 64,
+ *   workers: 4,
+ * });
+ * for await (const batch of loader.epoch(0)) {
+ *   const [x1, x2] = batchTensors(batch);
+ *   // ... one training step ...
+ *   loader.recycle(batch);
+ * }
+ * ```
+ */
+export class DataLoader {
+  readonly dataset: Dataset;
+  readonly views: ViewRecipe[];
+  readonly batchSize: number;
+  readonly seed: number;
+  readonly shuffle: boolean;
+  readonly dropLast: boolean;
+  readonly workers: number;
+  /** The summary of the last finished epoch. */
+  lastSummary: EpochSummary | null = null;
+  #pool: WorkerPool | null;
+  #runner: BatchRunner | null;
+  #depth: number;
+  #free: ArrayBuffer[][] = [];
+  #onEpochEnd?: (summary: EpochSummary) => void;
+  #nextJob = 0;
+
+  constructor(options: DataLoaderOptions) {
+    const { dataset, views, batchSize } = options;
+    const workers = options.workers ?? 0;
+    const prefetch = options.prefetch ?? 2;
+    if (!Number.isInteger(batchSize) || batchSize < 1) {
+      throw new RangeError(
+        `The batch size must be a positive integer, not ${batchSize}.`,
+      );
+    }
+    if (!Number.isInteger(workers) || workers < 0) {
+      throw new RangeError(
+        `The number of workers must be 0 or more, not ${workers}.`,
+      );
+    }
+    if (!Number.isInteger(prefetch) || prefetch < 1) {
+      throw new RangeError(
+        `The prefetch depth must be 1 or more, not ${prefetch}.`,
+      );
+    }
+    if (views.length === 0) {
+      throw new RangeError("The loader needs at least one view recipe.");
+    }
+    this.dataset = dataset;
+    this.views = views;
+    this.batchSize = batchSize;
+    this.seed = options.seed ?? 0;
+    this.shuffle = options.shuffle ?? true;
+    this.dropLast = options.dropLast ?? true;
+    this.workers = workers;
+    this.#onEpochEnd = options.onEpochEnd;
+    this.#depth = Math.max(1, workers) * prefetch;
+    if (this.length === 0) {
+      throw new RangeError(
+        `The dataset's ${dataset.length} samples make no batch of ${batchSize}.`,
+      );
+    }
+    // Started last, so that no bad option leaves workers running.
+    this.#pool = workers > 0 ? new WorkerPool(workers) : null;
+    this.#runner = workers > 0 ? null : new BatchRunner();
+  }
+
+  /** Batches per epoch. */
+  get length(): number {
+    const n = this.dataset.length / this.batchSize;
+    return this.dropLast ? Math.floor(n) : Math.ceil(n);
+  }
+
+  /** The order in which epoch `epoch` visits the samples. */
+  order(epoch: number): Int32Array {
+    if (!this.shuffle) {
+      return Int32Array.from({ length: this.dataset.length }, (_, i) => i);
+    }
+    return new Generator(this.seed, epoch, -1).permutation(this.dataset.length);
+  }
+
+  /**
+   * The batches of one epoch, in order. The summary (also passed to
+   * `onEpochEnd` and kept in `lastSummary`) is the generator's return value.
+   */
+  async *epoch(epoch: number): AsyncGenerator<Batch, EpochSummary> {
+    const order = this.order(epoch);
+    const count = this.length;
+    const skipped: SkippedSample[] = [];
+    const timing: LoaderTiming = {
+      readMs: 0,
+      decodeMs: 0,
+      augmentMs: 0,
+      waitMs: 0,
+    };
+    const inFlight: Promise<Batch>[] = [];
+    let next = 0;
+    const launch = () => {
+      const promise = this.#batch(epoch, order, next++, skipped, timing);
+      // Handled here so that a batch abandoned by an early `break` does not
+      // surface as an unhandled rejection; awaiting it still throws.
+      promise.catch(() => {});
+      inFlight.push(promise);
+    };
+    let samples = 0;
+    while (next < count && inFlight.length < this.#depth) launch();
+    for (let b = 0; b < count; b++) {
+      const t0 = performance.now();
+      const batch = await inFlight.shift()!;
+      timing.waitMs += performance.now() - t0;
+      if (next < count) launch();
+      samples += batch.indices.length;
+      yield batch;
+    }
+    skipped.sort((a, b) => a.index - b.index || a.replacement - b.replacement);
+    const summary: EpochSummary = {
+      epoch,
+      batches: count,
+      samples,
+      skipped,
+      timing,
+    };
+    this.lastSummary = summary;
+    this.#onEpochEnd?.(summary);
+    return summary;
+  }
+
+  /**
+   * Gives a batch's arrays back for reuse by a later batch, which saves
+   * allocating (and page-faulting) fresh memory; the batch must not be used
+   * afterwards.
+   */
+  recycle(batch: Batch): void {
+    if (this.#free.length < this.#depth + 1) {
+      this.#free.push(batch.views.map((v) => v.buffer as ArrayBuffer));
+    }
+  }
+
+  /** Stops the workers; pending batches are rejected. */
+  close(): Promise<void> {
+    this.#pool?.close();
+    return Promise.resolve();
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
+  #run(job: BatchJob, transfer: Transferable[]): Promise<BatchResult> {
+    if (this.#pool !== null) return this.#pool.run(job, transfer);
+    const runner = this.#runner!;
+    return Promise.resolve().then(() => runner.run(job));
+  }
+
+  async #batch(
+    epoch: number,
+    order: Int32Array,
+    b: number,
+    skipped: SkippedSample[],
+    timing: LoaderTiming,
+  ): Promise<Batch> {
+    const { dataset } = this;
+    const start = b * this.batchSize;
+    const indices = order.slice(
+      start,
+      Math.min(start + this.batchSize, order.length),
+    );
+    const n = indices.length;
+    const labels = Int32Array.from(indices, (i) => dataset.label(i));
+    const t0 = performance.now();
+    const sources = await Promise.allSettled(
+      Array.from(indices, (i) => dataset.source(i)),
+    );
+    timing.readMs += performance.now() - t0;
+    const samples: SampleJob[] = [];
+    const failed: { slot: number; reason: string }[] = [];
+    sources.forEach((s, slot) => {
+      if (s.status === "fulfilled") {
+        samples.push({ slot, key: [epoch, indices[slot]], source: s.value });
+      } else {
+        failed.push({ slot, reason: `cannot be read: ${errorText(s.reason)}` });
+      }
+    });
+    const buffers = this.#free.pop() ?? [];
+    const result = await this.#run(
+      {
+        id: this.#nextJob++,
+        seed: this.seed,
+        views: this.views,
+        slots: n,
+        samples,
+        buffers,
+      },
+      [...samples.flatMap((s) => transferable(s.source)), ...buffers],
+    );
+    timing.decodeMs += result.decodeMs;
+    timing.augmentMs += result.augmentMs;
+    failed.push(...result.failures);
+    for (const { slot, reason } of failed) {
+      await this.#replace(
+        epoch,
+        indices,
+        labels,
+        result.views,
+        slot,
+        reason,
+        skipped,
+        timing,
+      );
+    }
+    return {
+      epoch,
+      index: b,
+      indices,
+      labels,
+      views: result.views,
+      shapes: this.views.map((v) => [n, 3, v.size, v.size]),
+    };
+  }
+
+  /** Fills a failed slot with a deterministically drawn readable sample. */
+  async #replace(
+    epoch: number,
+    indices: Int32Array,
+    labels: Int32Array,
+    views: Float32Array[],
+    slot: number,
+    firstReason: string,
+    skipped: SkippedSample[],
+    timing: LoaderTiming,
+  ): Promise<void> {
+    const { dataset } = this;
+    const original = indices[slot];
+    let bad = original;
+    let reason = firstReason;
+    for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
+      const candidate = new Generator(this.seed, epoch, original, attempt)
+        .integer(0, dataset.length);
+      skipped.push({
+        index: bad,
+        name: dataset.name(bad),
+        reason,
+        replacement: candidate,
+      });
+      const key = [epoch, original, attempt];
+      let source: SampleSource;
+      try {
+        source = await dataset.source(candidate);
+      } catch (e) {
+        bad = candidate;
+        reason = `cannot be read: ${errorText(e)}`;
+        continue;
+      }
+      const result = await this.#run(
+        {
+          id: this.#nextJob++,
+          seed: this.seed,
+          views: this.views,
+          slots: 1,
+          samples: [{ slot: 0, key, source }],
+          buffers: [],
+        },
+        transferable(source),
+      );
+      timing.decodeMs += result.decodeMs;
+      timing.augmentMs += result.augmentMs;
+      if (result.failures.length > 0) {
+        bad = candidate;
+        reason = result.failures[0].reason;
+        continue;
+      }
+      this.views.forEach((v, k) => {
+        const size = 3 * v.size * v.size;
+        views[k].set(result.views[k], slot * size);
+      });
+      indices[slot] = candidate;
+      labels[slot] = dataset.label(candidate);
+      return;
+    }
+    throw new Error(
+      `No readable image replaced ${
+        dataset.name(original)
+      } in ${MAX_ATTEMPTS} draws; most of the dataset seems unreadable.`,
+    );
+  }
+}
+
+/** The buffers of a source that can move to a worker instead of being copied. */
+function transferable(source: SampleSource): ArrayBuffer[] {
+  const bytes = source.kind === "encoded"
+    ? source.bytes
+    : source.kind === "pixels"
+    ? source.image.data
+    : null;
+  // Only a buffer the array owns whole can move; a view into a shared one
+  // (an in-memory dataset's slice) is copied by the structured clone.
+  if (
+    bytes !== null && bytes.buffer instanceof ArrayBuffer &&
+    bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength
+  ) {
+    return [bytes.buffer];
+  }
+  return [];
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

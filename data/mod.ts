@@ -1,0 +1,87 @@
+/**
+ * Files to batches: JPEG/PNG decoding, ImageFolder, torchvision's transforms,
+ * MEC's view pipelines, a worker-pool loader, and the built-in
+ * Fashion-MNIST and dummy datasets.
+ *
+ * @module
+ */
+
+export {
+  DecodeError,
+  decodeImage,
+  type ImageFormat,
+  type RgbImage,
+  sniffFormat,
+} from "./decode.ts";
+export {
+  ArrayDataset,
+  type ArrayDatasetOptions,
+  type Dataset,
+  type SampleSource,
+} from "./dataset.ts";
+export {
+  IMAGE_EXTENSIONS,
+  ImageFolder,
+  imageFolder,
+  type ImageFolderOptions,
+} from "./folder.ts";
+export {
+  adjustBrightness,
+  adjustContrast,
+  adjustHue,
+  adjustSaturation,
+  BlurScratch,
+  boxRadiusForSigma,
+  centerCropBox,
+  colorJitter,
+  type ColorJitterOptions,
+  type ColorJitterParams,
+  colorJitterParams,
+  type CropBox,
+  type FloatImage,
+  gaussianBlur,
+  grayscale,
+  hflip,
+  IMAGENET_NORMALIZE,
+  meanLuma,
+  type NormalizeOptions,
+  randomResizedCropBox,
+  type RandomResizedCropOptions,
+  type ResampleTable,
+  resampleTable,
+  resizedCrop,
+  type ResizedCropSpec,
+  ResizeScratch,
+  resizeShorterSize,
+  roundHalfEven,
+  solarize,
+  toTensor,
+} from "./transforms.ts";
+export {
+  applyView,
+  type CropRecipe,
+  mecViews,
+  probeEvalView,
+  probeTrainView,
+  type ViewRecipe,
+  ViewScratch,
+} from "./pipelines.ts";
+export {
+  type Batch,
+  batchTensors,
+  DataLoader,
+  type DataLoaderOptions,
+  type EpochSummary,
+  formatEpochSummary,
+  type LoaderTiming,
+  type SkippedSample,
+} from "./loader.ts";
+export {
+  BUILTIN_FASHION_MNIST,
+  DEBIAN_FASHION_MNIST,
+  FASHION_MNIST_CLASSES,
+  type FashionMnist,
+  fashionMnist,
+  type FashionMnistOptions,
+} from "./fashion-mnist.ts";
+export { DummyDataset, type DummyDatasetOptions } from "./dummy.ts";

@@ -1,0 +1,111 @@
+/**
+ * The work of one batch, shared by the loader's workers and its in-thread
+ * mode: turn each sample's source into pixels, draw its augmentations from
+ * `new Generator(seed, ...key)` and write every view into the batch's
+ * arrays. A sample that cannot be decoded is reported, not fatal.
+ *
+ * @module
+ */
+
+import { Generator } from "../nn/random.ts";
+import type { SampleSource } from "./dataset.ts";
+import { DecodeError, decodeImage, type RgbImage } from "./decode.ts";
+import { noiseBytes } from "./dummy.ts";
+import { applyView, type ViewRecipe, ViewScratch } from "./pipelines.ts";
+
+/** One sample of a batch job. */
+export interface SampleJob {
+  /** Its position in the batch. */
+  slot: number;
+  /** The generator keys after the seed: `[epoch, index]`, or with an attempt. */
+  key: number[];
+  source: SampleSource;
+}
+
+/** A batch (or part of one) to produce. */
+export interface BatchJob {
+  id: number;
+  seed: number;
+  views: ViewRecipe[];
+  /** The batch size: each view's array holds this many samples. */
+  slots: number;
+  samples: SampleJob[];
+  /** Arrays to reuse for the views (transferred in), if the sizes match. */
+  buffers: ArrayBuffer[];
+}
+
+/** A sample that could not be used. */
+export interface SampleFailure {
+  slot: number;
+  reason: string;
+}
+
+/** What a job produced, and where its time went. */
+export interface BatchResult {
+  id: number;
+  /** One float32 NCHW array per view. */
+  views: Float32Array[];
+  failures: SampleFailure[];
+  /** Milliseconds spent decoding (or making) images. */
+  decodeMs: number;
+  /** Milliseconds spent augmenting. */
+  augmentMs: number;
+}
+
+/** Runs batch jobs with buffers kept between jobs (one per thread). */
+export class BatchRunner {
+  #scratch = new ViewScratch();
+
+  run(job: BatchJob): BatchResult {
+    const sizes = job.views.map((v) => 3 * v.size * v.size);
+    const views = sizes.map((size, k) => {
+      const reuse = job.buffers[k];
+      return reuse !== undefined && reuse.byteLength === 4 * size * job.slots
+        ? new Float32Array(reuse)
+        : new Float32Array(size * job.slots);
+    });
+    const failures: SampleFailure[] = [];
+    let decodeMs = 0;
+    let augmentMs = 0;
+    for (const sample of job.samples) {
+      const t0 = performance.now();
+      let image: RgbImage;
+      try {
+        image = pixels(sample.source);
+      } catch (e) {
+        if (!(e instanceof DecodeError)) throw e;
+        failures.push({ slot: sample.slot, reason: e.message });
+        continue;
+      }
+      const t1 = performance.now();
+      const gen = new Generator(job.seed, ...sample.key);
+      for (let k = 0; k < views.length; k++) {
+        applyView(
+          image,
+          job.views[k],
+          gen,
+          views[k],
+          sample.slot * sizes[k],
+          this.#scratch,
+        );
+      }
+      decodeMs += t1 - t0;
+      augmentMs += performance.now() - t1;
+    }
+    return { id: job.id, views, failures, decodeMs, augmentMs };
+  }
+}
+
+function pixels(source: SampleSource): RgbImage {
+  switch (source.kind) {
+    case "encoded":
+      return decodeImage(source.bytes);
+    case "pixels":
+      return source.image;
+    case "noise": {
+      const { width, height, seed, index } = source;
+      const data = noiseBytes(seed, index, new Uint8Array(width * height * 3));
+      return { width, height, data };
+    }
+  }
+}
