@@ -15,12 +15,7 @@
 
 import { CpuBackend } from "../cpu/backend.ts";
 import { blas } from "../cpu/blas.ts";
-import {
-  conv2dBackwardData,
-  conv2dBackwardFilter,
-  conv2dForward,
-  type Scratch,
-} from "../cpu/conv.ts";
+import type { ConvOp } from "../cpu/dnnl_conv.ts";
 import {
   convFlops,
   type ConvShape,
@@ -33,6 +28,8 @@ interface Case {
   name: string;
   flops: number;
   run: () => void;
+  /** The implementation that ran it, where the backend chose one. */
+  impl?: () => string | undefined;
 }
 
 const BATCH = 8;
@@ -44,12 +41,6 @@ const MIN_REPS = 2;
 
 const lib = blas();
 const json = Deno.args.includes("--json");
-
-let scratchBuffer = new Float32Array(0);
-const scratch: Scratch = (length) => {
-  if (scratchBuffer.length < length) scratchBuffer = new Float32Array(length);
-  return scratchBuffer;
-};
 
 function randomArray(length: number): Float32Array {
   const a = new Float32Array(length);
@@ -83,24 +74,43 @@ function sgemmCase(size: number): Case {
   };
 }
 
-/** Forward, backward-data, backward-filter and fwd+bwd cases of each layer. */
-function convCases(shapes: ConvShape[]): { all: Case[]; training: Case[] } {
+/**
+ * Forward, backward-data, backward-filter and fwd+bwd cases of each layer,
+ * through `be` as the network runs them, so each op uses the implementation
+ * (im2col or oneDNN) that the backend picks for its shape on the first call,
+ * which is a warm-up call here.
+ */
+function convCases(
+  be: CpuBackend,
+  shapes: ConvShape[],
+): { all: Case[]; training: Case[] } {
   const all: Case[] = [];
   const training: Case[] = [];
+  const buffer = (length: number) => {
+    const b = be.alloc(length);
+    be.write(b, randomArray(length));
+    return b;
+  };
   for (const { name, desc: d, first } of shapes) {
-    const x = randomArray(d.n * d.c * d.h * d.w);
-    const w = randomArray(d.k * d.c * d.r * d.s);
-    const y = new Float32Array(d.n * d.k * d.oh * d.ow);
-    const dy = randomArray(y.length);
-    const dx = new Float32Array(x.length);
-    const dw = new Float32Array(w.length);
+    const x = buffer(d.n * d.c * d.h * d.w);
+    const w = buffer(d.k * d.c * d.r * d.s);
+    const y = buffer(d.n * d.k * d.oh * d.ow);
+    const dy = buffer(y.length);
+    const dx = buffer(x.length);
+    const dw = buffer(w.length);
     const flops = convFlops(d);
-    const forward = () => conv2dForward(lib, scratch, x, w, y, d);
-    const data = () => conv2dBackwardData(lib, scratch, dy, w, dx, d);
-    const filter = () => conv2dBackwardFilter(lib, scratch, x, dy, dw, d);
-    all.push({ name: `conv ${name} fwd`, flops, run: forward });
-    if (!first) all.push({ name: `conv ${name} bwd-data`, flops, run: data });
-    all.push({ name: `conv ${name} bwd-filter`, flops, run: filter });
+    const forward = () => be.conv2dForward(x, w, y, d);
+    const data = () => be.conv2dBackwardData(dy, w, dx, d);
+    const filter = () => be.conv2dBackwardFilter(x, dy, dw, d);
+    const op = (kind: ConvOp, run: () => void): Case => ({
+      name: `conv ${name} ${opNames[kind]}`,
+      flops,
+      run,
+      impl: () => be.convImplementation(kind, d),
+    });
+    all.push(op("forward", forward));
+    if (!first) all.push(op("backwardData", data));
+    all.push(op("backwardFilter", filter));
     // The stem's input is the image, which needs no gradient in training.
     const step: Case = first
       ? {
@@ -125,6 +135,12 @@ function convCases(shapes: ConvShape[]): { all: Case[]; training: Case[] } {
   }
   return { all, training };
 }
+
+const opNames: Record<ConvOp, string> = {
+  forward: "fwd",
+  backwardData: "bwd-data",
+  backwardFilter: "bwd-filter",
+};
 
 /**
  * Best seconds of `run` over a few calls after warm-up calls. The best
@@ -160,14 +176,29 @@ function timeAll(cases: Case[]): Map<Case, number> {
   return seconds;
 }
 
-function report(name: string, value: number, unit: string, note = ""): void {
+/** One line; `impl` names the implementation that ran, if chosen per case. */
+function report(
+  name: string,
+  value: number,
+  unit: string,
+  note = "",
+  impl?: string,
+): void {
   if (json) {
+    const v = Number(value.toFixed(3));
     console.log(
-      JSON.stringify({ name, value: Number(value.toFixed(3)), unit }),
+      JSON.stringify(
+        impl === undefined
+          ? { name, value: v, unit }
+          : { name, value: v, unit, impl },
+      ),
     );
   } else {
     const shown = unit === "GFLOP/s" ? value.toFixed(1) : value.toFixed(2);
-    console.log(`${name.padEnd(44)} ${shown.padStart(7)} ${unit}${note}`);
+    const using = impl === undefined ? "" : `  ${impl}`;
+    console.log(
+      `${name.padEnd(44)} ${shown.padStart(7)} ${unit}${note}${using}`,
+    );
   }
 }
 
@@ -266,12 +297,35 @@ function kernelCases(): Case[] {
 }
 
 const gemms = [512, 1024, 2048].map(sgemmCase);
-const convs = convCases(resnet50Convs(BATCH));
+const convBackend = new CpuBackend();
+const convs = convCases(convBackend, resnet50Convs(BATCH));
 const network = resnet50Network(BATCH);
-const networkSteps = convCases(network.map((l) => l.shape)).training;
+const networkCases = convCases(convBackend, network.map((l) => l.shape));
+const networkSteps = networkCases.training;
 const seconds = timeAll([...gemms, ...convs.all, ...networkSteps]);
 const rate = (c: Case) => c.flops / seconds.get(c)! / 1e9;
-for (const c of [...gemms, ...convs.all]) report(c.name, rate(c), "GFLOP/s");
+for (const c of [...gemms, ...convs.all]) {
+  report(c.name, rate(c), "GFLOP/s", "", c.impl?.());
+}
+// Each distinct layer of the whole network, with the implementation each of
+// its ops chose.
+network.forEach(({ shape, count }, i) => {
+  const d = shape.desc;
+  const ops: ConvOp[] = shape.first
+    ? ["forward", "backwardFilter"]
+    : ["forward", "backwardData", "backwardFilter"];
+  const impl = ops.map((op) =>
+    `${opNames[op]}: ${convBackend.convImplementation(op, d)}`
+  ).join(", ");
+  const step = networkSteps[i];
+  report(
+    `resnet50 ${shape.name} x${count} ${step.name.split(" ").at(-1)}`,
+    rate(step),
+    "GFLOP/s",
+    "",
+    impl,
+  );
+});
 const kernels = kernelCases();
 const kernelSeconds = timeAll(kernels);
 for (const c of kernels) {

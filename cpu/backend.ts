@@ -1,7 +1,7 @@
 /**
  * The CPU backend: OpenBLAS for matrix products and convolutions (through
- * im2col), TypeScript kernels for the rest, host memory from a caching
- * allocator.
+ * im2col, or oneDNN where installed and faster), TypeScript kernels for the
+ * rest, host memory from a caching allocator.
  *
  * @module
  */
@@ -23,6 +23,8 @@ import { CachingAllocator, Scratch } from "./allocator.ts";
 import { type Blas, blas } from "./blas.ts";
 import * as bn from "./batchnorm.ts";
 import * as conv from "./conv.ts";
+import { dnnl, tryDnnl } from "./dnnl.ts";
+import { convKey, type ConvOp, DnnlConvolutions } from "./dnnl_conv.ts";
 import * as ew from "./elementwise.ts";
 import * as pool from "./pool.ts";
 import * as optim from "./optim.ts";
@@ -50,12 +52,38 @@ function hostOrNull(b: DataBuffer | null): Float32Array | null {
   return b === null ? null : host(b);
 }
 
+/** Timed calls of each implementation when choosing one for a shape. */
+const CONV_TIMED_CALLS = 2;
+/**
+ * How much faster im2col must be to be kept over oneDNN. Each library's
+ * worker threads spin for a while after their work (OpenBLAS's for about
+ * 0.1 s), slowing the other library's next call on two cores; timing one op
+ * alone does not see that. Over ResNet-50's convolutions, taking whichever
+ * was faster per op ran well below taking oneDNN throughout.
+ */
+const SWITCH_MARGIN = 0.25;
+
+/**
+ * `MEC_CONV`: "auto" (the default) times oneDNN against im2col per shape,
+ * "im2col" never uses oneDNN, "dnnl" always does (an error if missing).
+ */
+function convMode(): "auto" | "im2col" | "dnnl" {
+  const mode = Deno.env.get("MEC_CONV") || "auto";
+  if (mode === "auto" || mode === "im2col" || mode === "dnnl") return mode;
+  throw new Error(`MEC_CONV must be auto, im2col or dnnl, got "${mode}"`);
+}
+
 export class CpuBackend implements Backend {
   readonly name = "cpu";
   #allocator = new CachingAllocator();
   #scratch = new Scratch();
   #blas: Blas | null = null;
   #scratchFn = (length: number) => this.#scratch.get(length);
+  /** oneDNN convolutions; null when not used; undefined until first asked. */
+  #dnnl: DnnlConvolutions | null | undefined;
+  #convMode: "auto" | "im2col" | "dnnl" = "auto";
+  /** The implementation chosen per op and shape. */
+  #convChoices = new Map<string, "im2col" | "dnnl">();
 
   /** The BLAS library, loaded on first use. */
   get blas(): Blas {
@@ -181,13 +209,12 @@ export class CpuBackend implements Backend {
   }
 
   conv2dForward(x: DataBuffer, w: DataBuffer, y: DataBuffer, d: ConvDesc) {
-    conv.conv2dForward(
-      this.blas,
-      this.#scratchFn,
-      host(x),
-      host(w),
-      host(y),
+    const [xs, ws, ys] = [host(x), host(w), host(y)];
+    this.#convolve(
+      "forward",
       d,
+      () => conv.conv2dForward(this.blas, this.#scratchFn, xs, ws, ys, d),
+      (dc) => dc.forward(xs, ws, ys, d),
     );
   }
 
@@ -197,13 +224,13 @@ export class CpuBackend implements Backend {
     dx: DataBuffer,
     d: ConvDesc,
   ): void {
-    conv.conv2dBackwardData(
-      this.blas,
-      this.#scratchFn,
-      host(dy),
-      host(w),
-      host(dx),
+    const [dys, ws, dxs] = [host(dy), host(w), host(dx)];
+    this.#convolve(
+      "backwardData",
       d,
+      () =>
+        conv.conv2dBackwardData(this.blas, this.#scratchFn, dys, ws, dxs, d),
+      (dc) => dc.backwardData(dys, ws, dxs, d),
     );
   }
 
@@ -213,14 +240,88 @@ export class CpuBackend implements Backend {
     dw: DataBuffer,
     d: ConvDesc,
   ): void {
-    conv.conv2dBackwardFilter(
-      this.blas,
-      this.#scratchFn,
-      host(x),
-      host(dy),
-      host(dw),
+    const [xs, dys, dws] = [host(x), host(dy), host(dw)];
+    this.#convolve(
+      "backwardFilter",
       d,
+      () =>
+        conv.conv2dBackwardFilter(this.blas, this.#scratchFn, xs, dys, dws, d),
+      (dc) => dc.backwardFilter(xs, dys, dws, d),
     );
+  }
+
+  /**
+   * Which implementation runs `op` on shape `d`: "im2col", or "oneDNN "
+   * followed by oneDNN's kernel name; undefined before the first call.
+   */
+  convImplementation(op: ConvOp, d: ConvDesc): string | undefined {
+    const choice = this.#convChoices.get(`${op} ${convKey(d)}`);
+    if (choice !== "dnnl") return choice;
+    return `oneDNN ${this.#dnnlConvolutions()!.implementation(op, d)}`;
+  }
+
+  /** oneDNN's convolutions unless disabled or not installed. */
+  #dnnlConvolutions(): DnnlConvolutions | null {
+    if (this.#dnnl === undefined) {
+      const mode = this.#convMode = convMode();
+      const lib = mode === "im2col"
+        ? null
+        : mode === "dnnl"
+        ? dnnl()
+        : tryDnnl();
+      this.#dnnl = lib && new DnnlConvolutions(lib, this.#scratchFn);
+    }
+    return this.#dnnl;
+  }
+
+  /**
+   * Runs a convolution op with the implementation chosen for its shape, as
+   * cudnn.benchmark does: on a shape's first call, oneDNN and then im2col
+   * each run once to warm up (oneDNN builds its kernels, V8 optimises the
+   * copy loops) and are timed on two more calls. oneDNN goes first because
+   * OpenBLAS's threads spin longer after their work than OpenMP's and would
+   * slow it. The ops overwrite their output, so the extra calls are
+   * harmless; the chosen one runs last.
+   */
+  #convolve(
+    op: ConvOp,
+    d: ConvDesc,
+    im2col: () => void,
+    onednn: (dc: DnnlConvolutions) => void,
+  ): void {
+    const key = `${op} ${convKey(d)}`;
+    const choice = this.#convChoices.get(key);
+    const dc = this.#dnnlConvolutions();
+    if (choice === "im2col" || dc === null) {
+      if (choice === undefined) this.#convChoices.set(key, "im2col");
+      im2col();
+      return;
+    }
+    if (choice === "dnnl" || this.#convMode === "dnnl") {
+      if (choice === undefined) this.#convChoices.set(key, "dnnl");
+      onednn(dc);
+      return;
+    }
+    const time = (run: () => void) => {
+      run();
+      let best = Infinity;
+      for (let i = 0; i < CONV_TIMED_CALLS; i++) {
+        const t = performance.now();
+        run();
+        best = Math.min(best, performance.now() - t);
+      }
+      return best;
+    };
+    // A burst of other load on the machine during one timing must not pin
+    // a shape to im2col for good, so im2col has to win twice.
+    let faster: "im2col" | "dnnl" = "im2col";
+    for (let round = 0; round < 2 && faster === "im2col"; round++) {
+      const dnnlTime = time(() => onednn(dc));
+      const im2colTime = time(im2col);
+      if (im2colTime * (1 + SWITCH_MARGIN) >= dnnlTime) faster = "dnnl";
+    }
+    this.#convChoices.set(key, faster);
+    if (faster === "dnnl") onednn(dc);
   }
 
   batchNormForwardTraining(
