@@ -16,6 +16,8 @@ Deno.test("the README's TypeScript example type-checks and runs", async () => {
       args: [
         "run",
         "--check",
+        // The example lives in a temporary folder: use the project's import map.
+        `--config=${new URL("../deno.json", import.meta.url).pathname}`,
         "--allow-ffi",
         "--allow-env",
         "--allow-read",
