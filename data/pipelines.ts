@@ -123,8 +123,8 @@ export function probeEvalView(size = 224): ViewRecipe {
 
 /** Reusable buffers for {@link applyView}, one set per thread. */
 export class ViewScratch {
-  readonly resize = new ResizeScratch();
-  readonly blur = new BlurScratch();
+  readonly resize: ResizeScratch = new ResizeScratch();
+  readonly blur: BlurScratch = new BlurScratch();
   #image = new Float32Array(0);
 
   /** The working image, `size` x `size`. */
