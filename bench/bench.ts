@@ -1,14 +1,19 @@
 /**
- * Throughput of the CPU backend's kernels: OpenBLAS sgemm as the yardstick,
- * then the conv2d kernels on ResNet-50's layers at batch 8.
+ * Throughput of the toolkit on the CPU, in sections:
  *
- *     deno run --allow-ffi --allow-env --allow-read bench/bench.ts [--json]
+ * - conv: OpenBLAS sgemm as the yardstick, then the conv2d kernels on
+ *   ResNet-50's layers at batch 8, and all 53 of its convolutions;
+ * - kernels: the memory-bound ops of a training step;
+ * - models: whole networks through autograd (images/s);
+ * - mec: one full MEC training step (image pairs/s);
+ * - data: JPEG decoding, the two MEC views, the worker loader (images/s).
  *
- * Prints one line per measurement once all are done; with `--json`, one JSON
- * object per line (`{"name", "value", "unit"}`) and nothing else. Each rate
- * is the best over two passes of a few timed calls. Rates on the shared
- * 2-core build machines vary by 15 % and more between runs, so compare
- * ratios from one run.
+ *     deno task bench [--json] [--only conv,kernels,models,mec,data]
+ *
+ * Prints one line per measurement; with `--json`, one JSON object per line
+ * (`{"name", "value", "unit"}`) and nothing else. Each rate is the best over
+ * a few timed runs. Rates on the shared 2-core build machines vary by 15 %
+ * and more between runs, so compare ratios from one run.
  *
  * @module
  */
@@ -16,6 +21,8 @@
 import { CpuBackend } from "../cpu/backend.ts";
 import { blas } from "../cpu/blas.ts";
 import type { ConvOp } from "../cpu/dnnl_conv.ts";
+import { dataCases } from "./data_bench.ts";
+import { mecCases, type ModelCase, modelCases } from "./models.ts";
 import {
   convFlops,
   type ConvShape,
@@ -41,6 +48,17 @@ const MIN_REPS = 2;
 
 const lib = blas();
 const json = Deno.args.includes("--json");
+const SECTIONS = ["conv", "kernels", "models", "mec", "data"];
+const onlyArg = Deno.args.find((a) => a.startsWith("--only="));
+const only = onlyArg ? onlyArg.slice("--only=".length).split(",") : SECTIONS;
+for (const name of only) {
+  if (!SECTIONS.includes(name)) {
+    console.error(
+      `bench: unknown section "${name}" (sections: ${SECTIONS.join(", ")})`,
+    );
+    Deno.exit(2);
+  }
+}
 
 function randomArray(length: number): Float32Array {
   const a = new Float32Array(length);
@@ -296,71 +314,107 @@ function kernelCases(): Case[] {
   ];
 }
 
-const gemms = [512, 1024, 2048].map(sgemmCase);
-const convBackend = new CpuBackend();
-const convs = convCases(convBackend, resnet50Convs(BATCH));
-const network = resnet50Network(BATCH);
-const networkCases = convCases(convBackend, network.map((l) => l.shape));
-const networkSteps = networkCases.training;
-const seconds = timeAll([...gemms, ...convs.all, ...networkSteps]);
-const rate = (c: Case) => c.flops / seconds.get(c)! / 1e9;
-for (const c of [...gemms, ...convs.all]) {
-  report(c.name, rate(c), "GFLOP/s", "", c.impl?.());
-}
-// Each distinct layer of the whole network, with the implementation each of
-// its ops chose.
-network.forEach(({ shape, count }, i) => {
-  const d = shape.desc;
-  const ops: ConvOp[] = shape.first
-    ? ["forward", "backwardFilter"]
-    : ["forward", "backwardData", "backwardFilter"];
-  const impl = ops.map((op) =>
-    `${opNames[op]}: ${convBackend.convImplementation(op, d)}`
-  ).join(", ");
-  const step = networkSteps[i];
-  report(
-    `resnet50 ${shape.name} x${count} ${step.name.split(" ").at(-1)}`,
-    rate(step),
-    "GFLOP/s",
-    "",
-    impl,
-  );
-});
-const kernels = kernelCases();
-const kernelSeconds = timeAll(kernels);
-for (const c of kernels) {
-  report(c.name, c.flops / kernelSeconds.get(c)! / 1e9, "Gelem/s");
-}
-
-const sgemmRate = gemms.reduce((sum, c) => sum + rate(c), 0) / gemms.length;
-
-/** Flop-weighted rate of cases run `counts[i]` times each. */
-function overall(cases: Case[], counts: number[]): number {
-  let flops = 0;
-  let total = 0;
-  cases.forEach((c, i) => {
-    flops += counts[i] * c.flops;
-    total += counts[i] * seconds.get(c)!;
+function convSection(): void {
+  const gemms = [512, 1024, 2048].map(sgemmCase);
+  const convBackend = new CpuBackend();
+  const convs = convCases(convBackend, resnet50Convs(BATCH));
+  const network = resnet50Network(BATCH);
+  const networkCases = convCases(convBackend, network.map((l) => l.shape));
+  const networkSteps = networkCases.training;
+  const seconds = timeAll([...gemms, ...convs.all, ...networkSteps]);
+  const rate = (c: Case) => c.flops / seconds.get(c)! / 1e9;
+  for (const c of [...gemms, ...convs.all]) {
+    report(c.name, rate(c), "GFLOP/s", "", c.impl?.());
+  }
+  // Each distinct layer of the whole network, with the implementation each of
+  // its ops chose.
+  network.forEach(({ shape, count }, i) => {
+    const d = shape.desc;
+    const ops: ConvOp[] = shape.first
+      ? ["forward", "backwardFilter"]
+      : ["forward", "backwardData", "backwardFilter"];
+    const impl = ops.map((op) =>
+      `${opNames[op]}: ${convBackend.convImplementation(op, d)}`
+    ).join(", ");
+    const step = networkSteps[i];
+    report(
+      `resnet50 ${shape.name} x${count} ${step.name.split(" ").at(-1)}`,
+      rate(step),
+      "GFLOP/s",
+      "",
+      impl,
+    );
   });
-  return flops / total / 1e9;
-}
+  const sgemmRate = gemms.reduce((sum, c) => sum + rate(c), 0) / gemms.length;
 
-const summaries: [string, number][] = [
-  [
-    "conv fwd+bwd overall",
-    overall(convs.training, convs.training.map(() => 1)),
-  ],
-  [
-    "resnet50 all 53 convs fwd+bwd",
-    overall(networkSteps, network.map((l) => l.count)),
-  ],
-];
-for (const [name, value] of summaries) {
-  if (json) {
-    report(name, value, "GFLOP/s");
-    report(`${name} / sgemm`, value / sgemmRate, "ratio");
-  } else {
-    const ratio = (value / sgemmRate).toFixed(2);
-    report(name, value, "GFLOP/s", ` = ${ratio} of sgemm`);
+  /** Flop-weighted rate of cases run `counts[i]` times each. */
+  function overall(cases: Case[], counts: number[]): number {
+    let flops = 0;
+    let total = 0;
+    cases.forEach((c, i) => {
+      flops += counts[i] * c.flops;
+      total += counts[i] * seconds.get(c)!;
+    });
+    return flops / total / 1e9;
+  }
+
+  const summaries: [string, number][] = [
+    [
+      "conv fwd+bwd overall",
+      overall(convs.training, convs.training.map(() => 1)),
+    ],
+    [
+      "resnet50 all 53 convs fwd+bwd",
+      overall(networkSteps, network.map((l) => l.count)),
+    ],
+  ];
+  for (const [name, value] of summaries) {
+    if (json) {
+      report(name, value, "GFLOP/s");
+      report(`${name} / sgemm`, value / sgemmRate, "ratio");
+    } else {
+      const ratio = (value / sgemmRate).toFixed(2);
+      report(name, value, "GFLOP/s", ` = ${ratio} of sgemm`);
+    }
   }
 }
+
+function kernelSection(): void {
+  const kernels = kernelCases();
+  const kernelSeconds = timeAll(kernels);
+  for (const c of kernels) {
+    report(c.name, c.flops / kernelSeconds.get(c)! / 1e9, "Gelem/s");
+  }
+}
+
+/** Best images/s over `rounds` runs after one warm-up run. */
+async function imagesPerSecond(
+  c: { images: number; run: () => void | Promise<void> },
+  rounds: number,
+) {
+  await c.run();
+  let best = Infinity;
+  for (let r = 0; r < rounds; r++) {
+    const t = performance.now();
+    await c.run();
+    best = Math.min(best, (performance.now() - t) / 1000);
+  }
+  return c.images / best;
+}
+
+async function modelSection(cases: ModelCase[], unit: string): Promise<void> {
+  for (const c of cases) report(c.name, await imagesPerSecond(c, 1), unit);
+}
+
+async function dataSection(): Promise<void> {
+  for (const c of dataCases()) {
+    report(c.name, await imagesPerSecond(c, 3), "images/s");
+    await c.close?.();
+  }
+}
+
+if (only.includes("conv")) convSection();
+if (only.includes("kernels")) kernelSection();
+if (only.includes("models")) await modelSection(modelCases(), "images/s");
+if (only.includes("mec")) await modelSection(mecCases(), "pairs/s");
+if (only.includes("data")) await dataSection();
