@@ -296,10 +296,18 @@ export class DataLoader {
   /**
    * The batches of one epoch, in order. The summary (also passed to
    * `onEpochEnd` and kept in `lastSummary`) is the generator's return value.
+   * `start` skips the epoch's first batches without making them, so that a
+   * run interrupted mid-epoch resumes with the very batches it would have
+   * seen (each batch depends only on the seed, the epoch and its position).
    */
-  async *epoch(epoch: number): AsyncGenerator<Batch, EpochSummary> {
+  async *epoch(epoch: number, start = 0): AsyncGenerator<Batch, EpochSummary> {
     const order = this.order(epoch);
     const count = this.length;
+    if (!Number.isInteger(start) || start < 0 || start > count) {
+      throw new RangeError(
+        `The first batch must be in 0..${count}, not ${start}.`,
+      );
+    }
     const skipped: SkippedSample[] = [];
     const timing: LoaderTiming = {
       readMs: 0,
@@ -308,7 +316,7 @@ export class DataLoader {
       waitMs: 0,
     };
     const inFlight: Promise<Batch>[] = [];
-    let next = 0;
+    let next = start;
     const launch = () => {
       const promise = this.#batch(epoch, order, next++, skipped, timing);
       // Handled here so that a batch abandoned by an early `break` does not
@@ -318,7 +326,7 @@ export class DataLoader {
     };
     let samples = 0;
     while (next < count && inFlight.length < this.#depth) launch();
-    for (let b = 0; b < count; b++) {
+    for (let b = start; b < count; b++) {
       const t0 = performance.now();
       const batch = await inFlight.shift()!;
       timing.waitMs += performance.now() - t0;
@@ -329,7 +337,7 @@ export class DataLoader {
     skipped.sort((a, b) => a.index - b.index || a.replacement - b.replacement);
     const summary: EpochSummary = {
       epoch,
-      batches: count,
+      batches: count - start,
       samples,
       skipped,
       timing,

@@ -78,6 +78,26 @@ Deno.test("DataLoader gives the same batches with 0, 1 and 4 workers", async () 
   assert.notDeepEqual(other[0].indices, inline[0].indices);
 });
 
+Deno.test("DataLoader.epoch(e, start) gives the same batches as the full epoch from batch start on", async () => {
+  const options = {
+    dataset: smallDataset(),
+    views: mecViews(16),
+    batchSize: 4,
+    seed: 5,
+  };
+  const full = await collect(options, 2);
+  await using loader = new DataLoader(options);
+  const tail: Batch[] = [];
+  for await (const batch of loader.epoch(2, 3)) tail.push(batch);
+  assert.equal(tail.length, full.length - 3);
+  tail.forEach((batch, i) => {
+    assert.equal(batch.index, 3 + i);
+    assert.deepEqual(batch.indices, full[3 + i].indices);
+    assert.deepEqual(batch.views, full[3 + i].views);
+  });
+  assert.equal(loader.lastSummary?.batches, full.length - 3);
+});
+
 Deno.test("DataLoader visits every index once per epoch", async () => {
   const dataset = smallDataset();
   for (

@@ -1,0 +1,249 @@
+/**
+ * What the command-line tools share: a declarative flag table parsed with
+ * `node:util`'s parseArgs and checked value by value, the device choice,
+ * and the one place that turns an Error into one sentence on stderr and an
+ * exit code. Library code throws; only this file exits.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+// The CPU backend registers itself as device "cpu" on import.
+import "../cpu/mod.ts";
+
+/** Bad command-line input: exit code 2, as getopt-style tools use. */
+export class UsageError extends Error {}
+
+/** Exit codes of the tools. */
+export const EXIT = {
+  ok: 0,
+  /** A run that failed: unreadable data or checkpoint, NaN loss, ... */
+  failure: 1,
+  usage: 2,
+  /** Stopped by Ctrl-C after saving (128 + SIGINT, as shells report it). */
+  interrupted: 130,
+} as const;
+
+/** One flag: its long name, optional short name, kind, help and default. */
+export interface FlagSpec {
+  name: string;
+  short?: string;
+  kind: "int" | "number" | "string" | "bool";
+  /** The value placeholder shown in the help (e.g. "N", "PATH"). */
+  meta?: string;
+  help: string;
+  /** Smallest allowed value of a number. */
+  min?: number;
+  /** Whether the smallest value itself is excluded (lr > 0, say). */
+  exclusiveMin?: boolean;
+  /** Allowed values of a string. */
+  choices?: readonly string[];
+}
+
+export type FlagValue = string | number | boolean;
+
+/** Parsed flags: the values given and the positional arguments. */
+export class Flags {
+  constructor(
+    readonly given: ReadonlyMap<string, FlagValue>,
+    readonly positionals: readonly string[],
+  ) {}
+
+  has(name: string): boolean {
+    return this.given.has(name);
+  }
+}
+
+/** The help text: usage line, description, then one line per flag. */
+export function helpText(
+  usage: string,
+  description: string,
+  specs: readonly FlagSpec[],
+): string {
+  const rows = specs.map((s) => {
+    const names = (s.short ? `-${s.short}, ` : "    ") + `--${s.name}` +
+      (s.kind === "bool" ? "" : ` ${s.meta ?? "N"}`);
+    return [names, s.help] as const;
+  });
+  const width = Math.max(...rows.map(([n]) => n.length)) + 2;
+  return [
+    `usage: ${usage}`,
+    "",
+    description,
+    "",
+    "flags:",
+    ...rows.map(([n, h]) => `  ${n.padEnd(width)}${h}`),
+  ].join("\n");
+}
+
+/**
+ * Parses `args` against the table. Unknown flags, missing values and values
+ * of the wrong kind or range are UsageErrors naming the flag.
+ */
+export function parseFlags(
+  args: readonly string[],
+  specs: readonly FlagSpec[],
+): Flags {
+  const options: Record<
+    string,
+    { type: "string" | "boolean"; short?: string }
+  > = {};
+  for (const s of specs) {
+    options[s.name] = {
+      type: s.kind === "bool" ? "boolean" : "string",
+      ...(s.short ? { short: s.short } : {}),
+    };
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: [...args],
+      options,
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (e) {
+    throw new UsageError(parseArgsMessage(e));
+  }
+  const given = new Map<string, FlagValue>();
+  for (const s of specs) {
+    const raw = (parsed.values as Record<string, string | boolean | undefined>)[
+      s.name
+    ];
+    if (raw === undefined) continue;
+    given.set(s.name, checkValue(s, raw));
+  }
+  return new Flags(given, parsed.positionals);
+}
+
+function checkValue(s: FlagSpec, raw: string | boolean): FlagValue {
+  if (s.kind === "bool") return raw === true;
+  const text = String(raw);
+  if (s.kind === "string") {
+    if (s.choices && !s.choices.includes(text)) {
+      throw new UsageError(
+        `--${s.name} must be one of ${s.choices.join(", ")}, not "${text}".`,
+      );
+    }
+    return text;
+  }
+  const value = text.trim() === "" ? NaN : Number(text);
+  const what = s.kind === "int" ? "an integer" : "a number";
+  if (
+    !Number.isFinite(value) || (s.kind === "int" && !Number.isInteger(value))
+  ) {
+    throw new UsageError(`--${s.name} must be ${what}, not "${text}".`);
+  }
+  if (
+    s.min !== undefined &&
+    (s.exclusiveMin ? !(value > s.min) : !(value >= s.min))
+  ) {
+    throw new UsageError(
+      `--${s.name} must be ${
+        s.exclusiveMin ? "above" : "at least"
+      } ${s.min}, not ${text}.`,
+    );
+  }
+  return value;
+}
+
+/** parseArgs's TypeErrors, rephrased as one sentence about the flag. */
+function parseArgsMessage(e: unknown): string {
+  const message = e instanceof Error ? e.message : String(e);
+  const unknown = /Unknown option '([^']+)'/.exec(message);
+  if (unknown) return `Unknown flag ${unknown[1]}; see --help.`;
+  const missing = /Option '([^']+)' argument missing/.exec(message);
+  if (missing) {
+    return `The flag ${missing[1].replace(/^-\w, /, "")} needs a value.`;
+  }
+  const ambiguous = /Option '([^']+)' argument is ambiguous/.exec(message);
+  if (ambiguous) {
+    const flag = ambiguous[1].replace(/^-\w, /, "");
+    return `The value after ${flag} looks like a flag; write ${flag}=VALUE for a negative number.`;
+  }
+  const bool = /Option '([^']+)' does not take an argument/.exec(message);
+  if (bool) return `The flag ${bool[1].replace(/^-\w, /, "")} takes no value.`;
+  return firstLine(message);
+}
+
+/**
+ * The device for `--device`: "cpu", or "cuda" / "cuda:N", which this build
+ * cannot serve yet (the CUDA backend is a later piece of work).
+ */
+export function chooseDevice(name: string): string {
+  if (name === "cpu") return "cpu";
+  if (/^cuda(:\d+)?$/.test(name)) {
+    throw new UsageError(
+      `CUDA is not available in this build of deno-mec (its CUDA backend is not written yet); use --device cpu.`,
+    );
+  }
+  throw new UsageError(
+    `--device must be cpu or cuda[:N], not "${name}".`,
+  );
+}
+
+function firstLine(text: string): string {
+  return text.split("\n")[0].trim();
+}
+
+/** An error as one sentence: first line, capitalised, ending with a stop. */
+export function sentence(e: unknown): string {
+  let text = firstLine(e instanceof Error ? e.message : String(e));
+  if (text === "") text = "An unknown error occurred";
+  text = text[0].toUpperCase() + text.slice(1);
+  return /[.!?]$/.test(text) ? text : `${text}.`;
+}
+
+/**
+ * Runs a tool's main function and exits with its code, or with one sentence
+ * on stderr and a non-zero code if it throws. `MEC_TRACE=1` adds the stack,
+ * for whoever debugs the toolkit itself.
+ */
+export async function runMain(main: () => Promise<number>): Promise<never> {
+  let code: number;
+  try {
+    code = await main();
+  } catch (e) {
+    console.error(sentence(e));
+    if (Deno.env.get("MEC_TRACE") === "1" && e instanceof Error) {
+      console.error(e.stack);
+    }
+    code = e instanceof UsageError ? EXIT.usage : EXIT.failure;
+  }
+  Deno.exit(code);
+}
+
+/** Whether a file or folder exists (other stat errors propagate). */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/**
+ * Ctrl-C handling: the first SIGINT sets a flag that the training loop
+ * reads after each step (so the step finishes and a checkpoint is saved);
+ * a second one exits at once, for a user who does not want to wait.
+ */
+export class Interrupt {
+  requested = false;
+  #handler = () => {
+    if (this.requested) Deno.exit(EXIT.interrupted);
+    this.requested = true;
+    console.error(
+      "Interrupted: finishing this step and saving (Ctrl-C again to quit at once).",
+    );
+  };
+
+  constructor() {
+    Deno.addSignalListener("SIGINT", this.#handler);
+  }
+
+  [Symbol.dispose](): void {
+    Deno.removeSignalListener("SIGINT", this.#handler);
+  }
+}

@@ -1,0 +1,124 @@
+/**
+ * Checkpoints as the tools read them: one sentence when a file is missing,
+ * unreadable or made for another network, and the backbone's weights picked
+ * out of a pretraining checkpoint, a probe checkpoint or a torchvision-named
+ * state dict.
+ *
+ * @module
+ */
+
+import type { Checkpoint } from "../nn/checkpoint.ts";
+import { loadCheckpoint } from "../nn/checkpoint.ts";
+import type { Module } from "../nn/module.ts";
+import type { HostTensor } from "../nn/safetensors.ts";
+import { formatShape } from "../nn/tensor.ts";
+import { exists } from "./cli.ts";
+
+/** The architecture flags a checkpoint's network was built with. */
+export interface ArchArgs {
+  arch: string;
+  width: number;
+  smallStem: boolean;
+}
+
+/** "resnet18 (width 16, small stem)". */
+export function describeArch(a: ArchArgs): string {
+  return `${a.arch} (width ${a.width}${a.smallStem ? ", small stem" : ""})`;
+}
+
+/** Reads a checkpoint, or throws one sentence saying why it cannot. */
+export async function readCheckpoint(
+  path: string,
+  what: string,
+): Promise<Checkpoint> {
+  if (!await exists(path)) {
+    throw new Error(`The ${what} ${path} does not exist.`);
+  }
+  try {
+    return await loadCheckpoint(path);
+  } catch (e) {
+    const reason = e instanceof Error ? e.message.split("\n")[0] : String(e);
+    throw new Error(
+      `The ${what} ${path} cannot be read as a safetensors checkpoint (${
+        reason.replace(/\.$/, "")
+      }).`,
+    );
+  }
+}
+
+/**
+ * Loads `state` into `module` strictly; a missing or surplus key or a shape
+ * mismatch becomes one sentence naming the file, the expected network and
+ * the first difference.
+ */
+export function loadInto(
+  module: Module,
+  state: Map<string, HostTensor>,
+  path: string,
+  expected: string,
+): void {
+  const own = module.stateDict();
+  let detail: string | null = null;
+  for (const [key, t] of own) {
+    const have = state.get(key);
+    if (have === undefined) {
+      detail = `it has no ${key}`;
+      break;
+    }
+    const same = have.shape.length === t.ndim &&
+      have.shape.every((d, i) => d === t.shape[i]);
+    const scalar = t.size === 1 &&
+      have.shape.reduce((a, b) => a * b, 1) === 1;
+    if (!same && !scalar) {
+      detail = `its ${key} has shape ${formatShape(have.shape)} where ${
+        formatShape(t.shape)
+      } is expected`;
+      break;
+    }
+  }
+  if (detail === null) {
+    const extra = [...state.keys()].find((k) => !own.has(k));
+    if (extra !== undefined) detail = `it has an unexpected tensor ${extra}`;
+  }
+  if (detail !== null) {
+    throw new Error(
+      `The checkpoint ${path} does not fit a ${expected}: ${detail}.`,
+    );
+  }
+  module.loadStateDict(state);
+}
+
+/**
+ * The backbone's tensors (torchvision names, `fc` left out) from any of:
+ * a pretraining checkpoint (the student `encoder.*`), a probe checkpoint or
+ * a torchvision state dict (top-level names).
+ */
+export function backboneState(
+  ckpt: Checkpoint,
+): Map<string, HostTensor> {
+  const model = ckpt.model;
+  const fromEncoder = [...model.keys()].some((k) => k.startsWith("encoder."));
+  const out = new Map<string, HostTensor>();
+  for (const [key, t] of model) {
+    let name = key;
+    if (fromEncoder) {
+      if (!key.startsWith("encoder.")) continue;
+      name = key.slice("encoder.".length);
+    }
+    if (name.startsWith("fc.")) continue;
+    out.set(name, t);
+  }
+  return out;
+}
+
+/** The architecture recorded in a checkpoint made by these tools, if any. */
+export function recordedArch(ckpt: Checkpoint): Partial<ArchArgs> {
+  const args = ckpt.metadata.args;
+  if (typeof args !== "object" || args === null) return {};
+  const a = args as Record<string, unknown>;
+  const out: Partial<ArchArgs> = {};
+  if (typeof a.arch === "string") out.arch = a.arch;
+  if (typeof a.width === "number") out.width = a.width;
+  if (typeof a.smallStem === "boolean") out.smallStem = a.smallStem;
+  return out;
+}

@@ -1,0 +1,130 @@
+/**
+ * Progress for the tools, shared so that no tool copies another's meters:
+ * running averages (PyTorch's ImageNet example's AverageMeter), a timer that
+ * splits each step into data wait and compute, the human-readable progress
+ * line, and the JSON-lines log.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+
+/** Current value, sum, count and average of a quantity. */
+export class AverageMeter {
+  value = 0;
+  sum = 0;
+  count = 0;
+
+  update(value: number, n = 1): void {
+    this.value = value;
+    this.sum += value * n;
+    this.count += n;
+  }
+
+  get average(): number {
+    return this.count === 0 ? 0 : this.sum / this.count;
+  }
+
+  reset(): void {
+    this.value = this.sum = this.count = 0;
+  }
+}
+
+/** "1h02m", "4m05s", "12s". */
+export function formatDuration(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "?";
+  const s = Math.round(seconds);
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const r = s % 60;
+  if (h > 0) return `${h}h${String(m).padStart(2, "0")}m`;
+  if (m > 0) return `${m}m${String(r).padStart(2, "0")}s`;
+  return `${r}s`;
+}
+
+/**
+ * Throughput at steady state: the first `skip` steps (allocation, kernel
+ * choice, workers warming up) are left out of the averages.
+ */
+export class StepTimer {
+  readonly batchTime = new AverageMeter();
+  readonly dataTime = new AverageMeter();
+  #steady = { seconds: 0, dataSeconds: 0, images: 0, steps: 0 };
+  #steps = 0;
+
+  constructor(readonly skip = 3) {}
+
+  /** Records one step: its total and data-wait seconds and its images. */
+  record(seconds: number, dataSeconds: number, images: number): void {
+    this.batchTime.update(seconds);
+    this.dataTime.update(dataSeconds);
+    if (this.#steps++ >= this.skip) {
+      this.#steady.seconds += seconds;
+      this.#steady.dataSeconds += dataSeconds;
+      this.#steady.images += images;
+      this.#steady.steps++;
+    }
+  }
+
+  /** Steady-state images per second and share of time spent waiting for data. */
+  steady(): { imagesPerSecond: number; dataShare: number; steps: number } {
+    const s = this.#steady;
+    return {
+      imagesPerSecond: s.seconds > 0 ? s.images / s.seconds : 0,
+      dataShare: s.seconds > 0 ? s.dataSeconds / s.seconds : 0,
+      steps: s.steps,
+    };
+  }
+}
+
+/** One JSON object per line, appended to `<dir>/<name>`. */
+export class JsonLog {
+  readonly path: string;
+  #file: Deno.FsFile;
+  #encoder = new TextEncoder();
+
+  private constructor(path: string, file: Deno.FsFile) {
+    this.path = path;
+    this.#file = file;
+  }
+
+  /** Opens (creating the folder, appending to an existing log). */
+  static async open(dir: string, name = "log.jsonl"): Promise<JsonLog> {
+    await Deno.mkdir(dir, { recursive: true });
+    const path = join(dir, name);
+    const file = await Deno.open(path, {
+      create: true,
+      append: true,
+      write: true,
+    });
+    return new JsonLog(path, file);
+  }
+
+  /** Writes one record, whole, so a crash never leaves half a line. */
+  write(record: Record<string, unknown>): void {
+    const bytes = this.#encoder.encode(JSON.stringify(record) + "\n");
+    let done = 0;
+    while (done < bytes.length) {
+      done += this.#file.writeSync(bytes.subarray(done));
+    }
+  }
+
+  close(): void {
+    this.#file.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** A number with `digits` significant digits, without exponent for common sizes. */
+export function fmt(x: number, digits = 4): string {
+  if (x === 0) return "0";
+  const a = Math.abs(x);
+  if (a >= 1e-3 && a < 1e5) {
+    const s = x.toPrecision(digits);
+    return s.includes(".") ? s.replace(/\.?0+$/, "") : s;
+  }
+  return x.toExponential(digits - 1);
+}
