@@ -143,7 +143,9 @@ export class Generator {
    */
   fillNormal(out: Float32Array, mean = 0, std = 1): Float32Array {
     let i = 0;
-    if (this.#spare !== null && out.length > 0) out[i++] = this.normal(mean, std);
+    if (this.#spare !== null && out.length > 0) {
+      out[i++] = this.normal(mean, std);
+    }
     for (; i + 1 < out.length; i += 2) {
       const pair = this.#pair();
       out[i] = mean + std * pair[0];
