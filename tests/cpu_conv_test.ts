@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { convShape as shape } from "./conv_desc.ts";
 import type { ConvDesc } from "../nn/backend.ts";
 import { blas } from "../cpu/blas.ts";
 import {
@@ -10,8 +11,6 @@ import {
 
 /** Unit roundoff of float32 (round to nearest). */
 const U = 2 ** -24;
-
-type Pair = [number, number];
 
 /**
  * The shapes tested, each as batch, input channels, [h, w], output channels,
@@ -43,32 +42,6 @@ const SHAPES: ConvDesc[] = [
   shape(5, 4, [9, 10], 3, [1, 1], [1, 1], [0, 0]),
   shape(5, 3, [20, 22], 4, [3, 3], [1, 1], [1, 1]),
 ];
-
-function shape(
-  n: number,
-  c: number,
-  [h, w]: Pair,
-  k: number,
-  [r, s]: Pair,
-  [strideH, strideW]: Pair,
-  [padH, padW]: Pair,
-): ConvDesc {
-  return {
-    n,
-    c,
-    h,
-    w,
-    k,
-    r,
-    s,
-    strideH,
-    strideW,
-    padH,
-    padW,
-    oh: Math.floor((h + 2 * padH - r) / strideH) + 1,
-    ow: Math.floor((w + 2 * padW - s) / strideW) + 1,
-  };
-}
 
 /** "stride 2, padding 3, 7x7, batch 2, 3>4 channels, 11x13" */
 function describe(d: ConvDesc): string {

@@ -1,4 +1,5 @@
 import type { ConvDesc } from "../nn/backend.ts";
+import { convShape as shape } from "./conv_desc.ts";
 import { CpuBackend } from "../cpu/backend.ts";
 import { tryDnnl } from "../cpu/dnnl.ts";
 import { DnnlConvolutions } from "../cpu/dnnl_conv.ts";
@@ -12,34 +13,6 @@ const lib = tryDnnl();
 const skipped = lib === null
   ? " (skipped: oneDNN, libdnnl.so.2, is not installed)"
   : "";
-
-type Pair = [number, number];
-
-function shape(
-  n: number,
-  c: number,
-  [h, w]: Pair,
-  k: number,
-  [r, s]: Pair,
-  [strideH, strideW]: Pair,
-  [padH, padW]: Pair,
-): ConvDesc {
-  return {
-    n,
-    c,
-    h,
-    w,
-    k,
-    r,
-    s,
-    strideH,
-    strideW,
-    padH,
-    padW,
-    oh: Math.floor((h + 2 * padH - r) / strideH) + 1,
-    ow: Math.floor((w + 2 * padW - s) / strideW) + 1,
-  };
-}
 
 /** Shapes chosen to exercise oneDNN's padding, blocking and layouts. */
 const SHAPES: [string, ConvDesc][] = [
