@@ -63,12 +63,18 @@ const CONV_TIMED_CALLS = 2;
  */
 const SWITCH_MARGIN = 0.25;
 
+type ConvMode = "default" | "auto" | "im2col" | "dnnl";
+
 /**
- * `MEC_CONV`: "auto" (the default) times oneDNN against im2col per shape,
- * "im2col" never uses oneDNN, "dnnl" always does (an error if missing).
+ * `MEC_CONV`: unset, oneDNN where installed and im2col elsewhere; "auto"
+ * times oneDNN against im2col per shape; "im2col" never uses oneDNN; "dnnl"
+ * always does (an error if missing). The default is fixed rather than timed
+ * so that two runs compute the same numbers, which an exact `--resume`
+ * needs; timing under changing load can pick differently from run to run.
  */
-function convMode(): "auto" | "im2col" | "dnnl" {
-  const mode = Deno.env.get("MEC_CONV") || "auto";
+function convMode(): ConvMode {
+  const mode = Deno.env.get("MEC_CONV");
+  if (mode === undefined || mode === "") return "default";
   if (mode === "auto" || mode === "im2col" || mode === "dnnl") return mode;
   throw new Error(`MEC_CONV must be auto, im2col or dnnl, got "${mode}"`);
 }
@@ -81,7 +87,7 @@ export class CpuBackend implements Backend {
   #scratchFn = (length: number) => this.#scratch.get(length);
   /** oneDNN convolutions; null when not used; undefined until first asked. */
   #dnnl: DnnlConvolutions | null | undefined;
-  #convMode: "auto" | "im2col" | "dnnl" = "auto";
+  #convMode: ConvMode = "default";
   /** The implementation chosen per op and shape. */
   #convChoices = new Map<string, "im2col" | "dnnl">();
 
@@ -275,10 +281,11 @@ export class CpuBackend implements Backend {
   }
 
   /**
-   * Runs a convolution op with the implementation chosen for its shape, as
-   * cudnn.benchmark does: on a shape's first call, oneDNN and then im2col
-   * each run once to warm up (oneDNN builds its kernels, V8 optimises the
-   * copy loops) and are timed on two more calls. oneDNN goes first because
+   * Runs a convolution op with the implementation chosen for its shape. With
+   * `MEC_CONV=auto` the choice is made as cudnn.benchmark does: on a shape's
+   * first call, oneDNN and then im2col each run once to warm up (oneDNN
+   * builds its kernels, V8 optimises the copy loops) and are timed on two
+   * more calls. oneDNN goes first because
    * OpenBLAS's threads spin longer after their work than OpenMP's and would
    * slow it. The ops overwrite their output, so the extra calls are
    * harmless; the chosen one runs last.
@@ -297,7 +304,7 @@ export class CpuBackend implements Backend {
       im2col();
       return;
     }
-    if (choice === "dnnl" || this.#convMode === "dnnl") {
+    if (choice === "dnnl" || this.#convMode !== "auto") {
       if (choice === undefined) this.#convChoices.set(key, "dnnl");
       onednn(dc);
       return;

@@ -215,3 +215,22 @@ Deno.test("a bad MEC_CONV or a missing MEC_DNNL library is one clear error", asy
     /MEC_DNNL names "\/nonexistent\/libdnnl.so.2", which could not be loaded; install oneDNN 2.x \(Debian\/Ubuntu package libdnnl2: apt-get install libdnnl2\)/,
   );
 });
+
+Deno.test({
+  name:
+    `by default every convolution runs on oneDNN, the same in every run${skipped}`,
+  ignore: lib === null,
+  async fn() {
+    const r = await runWith({}, chooseOne);
+    assert.match(r.stdout.trim(), /^oneDNN \S+$/, r.stderr);
+  },
+});
+
+Deno.test("MEC_CONV=auto chooses an implementation per shape by timing", async () => {
+  const r = await runWith({ MEC_CONV: "auto" }, chooseOne);
+  assert.match(
+    r.stdout.trim(),
+    lib === null ? /^im2col$/ : /^(im2col|oneDNN \S+)$/,
+    r.stderr,
+  );
+});

@@ -70,9 +70,9 @@ async function tool(name: "pretrain" | "lincls", args: string[]): Promise<Run> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", ...PERMISSIONS, `tools/${name}.ts`, ...args],
     cwd: ROOT,
-    // im2col everywhere: a per-shape choice of convolution by timing could
-    // pick differently in two runs and break bit-exact comparisons.
-    env: { MEC_CONV: "im2col", NO_COLOR: "1" },
+    // The default convolutions (oneDNN where installed): resumed runs must
+    // match uninterrupted ones with what users get.
+    env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -392,7 +392,7 @@ Deno.test("Ctrl-C finishes the step, saves a resumable checkpoint and exits 130"
       out,
     ],
     cwd: ROOT,
-    env: { MEC_CONV: "im2col", NO_COLOR: "1" },
+    env: { NO_COLOR: "1" },
     stdout: "piped",
     stderr: "piped",
   }).spawn();
