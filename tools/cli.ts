@@ -42,6 +42,31 @@ export interface FlagSpec {
 
 export type FlagValue = string | number | boolean;
 
+/** Flags both tools take, with the same meaning and default. */
+export const SHARED_FLAGS = {
+  seed: { name: "seed", kind: "int", min: 0, help: "random seed (default 0)" },
+  workers: {
+    name: "workers",
+    short: "j",
+    kind: "int",
+    min: 0,
+    help: "data-loading worker threads (default 2)",
+  },
+  printFreq: {
+    name: "print-freq",
+    short: "p",
+    kind: "int",
+    min: 1,
+    help: "progress line every N iterations (default 10)",
+  },
+  device: {
+    name: "device",
+    kind: "string",
+    meta: "DEV",
+    help: "cpu or cuda[:N] (default cpu)",
+  },
+} as const satisfies Record<string, FlagSpec>;
+
 /** Parsed flags: the values given and the positional arguments. */
 export class Flags {
   constructor(

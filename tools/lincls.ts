@@ -58,6 +58,7 @@ import {
   helpText,
   parseFlags,
   runMain,
+  SHARED_FLAGS,
   UsageError,
 } from "./cli.ts";
 import {
@@ -191,21 +192,9 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
     kind: "bool",
     help: "baseline: probe the evaluation view's pixels",
   },
-  { name: "seed", kind: "int", min: 0, help: "random seed (default 0)" },
-  {
-    name: "workers",
-    short: "j",
-    kind: "int",
-    min: 0,
-    help: "data-loading worker threads (default 2)",
-  },
-  {
-    name: "print-freq",
-    short: "p",
-    kind: "int",
-    min: 1,
-    help: "progress line every N iterations (default 10)",
-  },
+  SHARED_FLAGS.seed,
+  SHARED_FLAGS.workers,
+  SHARED_FLAGS.printFreq,
   {
     name: "resume",
     kind: "string",
@@ -224,12 +213,7 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
     meta: "DIR",
     help: "folder for probe checkpoints and log.jsonl (default runs/lincls)",
   },
-  {
-    name: "device",
-    kind: "string",
-    meta: "DEV",
-    help: "cpu or cuda[:N] (default cpu)",
-  },
+  SHARED_FLAGS.device,
   { name: "help", short: "h", kind: "bool", help: "show this help" },
 ];
 

@@ -49,6 +49,7 @@ import {
   Interrupt,
   parseFlags,
   runMain,
+  SHARED_FLAGS,
   UsageError,
 } from "./cli.ts";
 import { describeArch, loadInto, readCheckpoint } from "./models.ts";
@@ -177,21 +178,9 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     min: 0,
     help: "epochs of lr and lambda warm-up (default 10)",
   },
-  { name: "seed", kind: "int", min: 0, help: "random seed (default 0)" },
-  {
-    name: "workers",
-    short: "j",
-    kind: "int",
-    min: 0,
-    help: "data-loading worker threads (default 2)",
-  },
-  {
-    name: "print-freq",
-    short: "p",
-    kind: "int",
-    min: 1,
-    help: "progress line every N iterations (default 10)",
-  },
+  SHARED_FLAGS.seed,
+  SHARED_FLAGS.workers,
+  SHARED_FLAGS.printFreq,
   {
     name: "resume",
     kind: "string",
@@ -204,12 +193,7 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     meta: "DIR",
     help: "folder for checkpoints and log.jsonl (default runs/pretrain)",
   },
-  {
-    name: "device",
-    kind: "string",
-    meta: "DEV",
-    help: "cpu or cuda[:N] (default cpu)",
-  },
+  SHARED_FLAGS.device,
   {
     name: "image-size",
     kind: "int",
