@@ -1,10 +1,16 @@
 import { blas } from "../cpu/mod.ts";
 import { assert } from "./assert.ts";
 
-async function runWith(env: Record<string, string>, code: string) {
+/** Runs code in a fresh Deno; `clearEnv` drops everything this process set. */
+async function runWith(
+  env: Record<string, string>,
+  code: string,
+  clearEnv = false,
+) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["eval", "--no-config", code],
     env,
+    clearEnv,
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -55,4 +61,14 @@ Deno.test("sgemm() through FFI computes row-major products with transposes and b
   const t = new Float32Array(4);
   b.sgemm(false, true, 2, 2, 3, 2, a, 3, a, 3, 0, t, 2); // 2 * A A^T
   assert.deepEqual([...t], [28, 64, 64, 154]);
+});
+
+Deno.test("OpenBLAS's idle threads spin briefly unless the user says otherwise", async () => {
+  const code =
+    `import { blas } from "${blasModule}"; blas(); console.log(Deno.env.get("OPENBLAS_THREAD_TIMEOUT"));`;
+  assert.equal((await runWith({}, code)).stdout.trim(), "4");
+  assert.equal(
+    (await runWith({ OPENBLAS_THREAD_TIMEOUT: "20" }, code)).stdout.trim(),
+    "20",
+  );
 });
