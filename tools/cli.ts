@@ -101,6 +101,39 @@ export function helpText(
   ].join("\n");
 }
 
+/** A tool's command line: `--help`, the flags by argument field, DATA_DIR. */
+export interface Command<F extends string> {
+  help: boolean;
+  given: Partial<Record<F, FlagValue>>;
+  /** The one positional argument, or null. */
+  data: string | null;
+}
+
+/**
+ * Parses a tool's command line: flags as `parseFlags` does, each stored
+ * under its argument field (`fields` maps flag names to fields), and at most
+ * one positional DATA_DIR.
+ */
+export function parseCommand<F extends string>(
+  argv: readonly string[],
+  specs: readonly FlagSpec[],
+  fields: Record<string, F>,
+): Command<F> {
+  const flags = parseFlags(argv, specs);
+  if (flags.positionals.length > 1) {
+    throw new UsageError(
+      `Expected at most one DATA_DIR, got ${flags.positionals.length} arguments: ${
+        flags.positionals.join(" ")
+      }.`,
+    );
+  }
+  const given: Partial<Record<F, FlagValue>> = {};
+  for (const [name, value] of flags.given) {
+    if (name !== "help") given[fields[name]] = value;
+  }
+  return { help: flags.has("help"), given, data: flags.positionals[0] ?? null };
+}
+
 /**
  * Parses `args` against the table. Unknown flags, missing values and values
  * of the wrong kind or range are UsageErrors naming the flag.

@@ -54,9 +54,8 @@ import {
   exists,
   EXIT,
   type FlagSpec,
-  type FlagValue,
   helpText,
-  parseFlags,
+  parseCommand,
   runMain,
   SHARED_FLAGS,
   UsageError,
@@ -315,23 +314,13 @@ class HeadOnly extends Layer {
 
 /** Runs the tool on `argv`; returns the exit code. */
 export async function lincls(argv: readonly string[]): Promise<number> {
-  const flags = parseFlags(argv, LINCLS_FLAGS);
-  if (flags.has("help")) {
+  const command = parseCommand(argv, LINCLS_FLAGS, FLAG_FIELDS);
+  if (command.help) {
     console.log(helpText(USAGE, DESCRIPTION, LINCLS_FLAGS));
     return EXIT.ok;
   }
-  if (flags.positionals.length > 1) {
-    throw new UsageError(
-      `Expected at most one DATA_DIR, got ${flags.positionals.length} arguments: ${
-        flags.positionals.join(" ")
-      }.`,
-    );
-  }
-  const given: Partial<Record<keyof LinclsArgs, FlagValue>> = {};
-  for (const [name, value] of flags.given) {
-    if (name !== "help") given[FLAG_FIELDS[name]] = value;
-  }
-  const data = flags.positionals[0] ?? null;
+  const given = command.given;
+  const data = command.data;
   const demo = data === null;
   const device = chooseDevice((given.device as string) ?? "cpu");
   setDefaultDevice(device);
@@ -468,7 +457,7 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     ? await CachedFeatures.extract(probe, train, val, args)
     : new AugmentedFeatures(probe, train, val, args);
 
-  if (flags.has("evaluate")) {
+  if (given.evaluate !== undefined) {
     const [acc1, acc5] = await evaluate(probe, feeder);
     const k = Math.min(5, train.classes.length);
     console.log(` * Acc@1 ${acc1.toFixed(3)} Acc@${k} ${acc5.toFixed(3)}`);

@@ -44,10 +44,9 @@ import {
   exists,
   EXIT,
   type FlagSpec,
-  type FlagValue,
   helpText,
   Interrupt,
-  parseFlags,
+  parseCommand,
   runMain,
   SHARED_FLAGS,
   UsageError,
@@ -334,23 +333,13 @@ function isPretrainMetadata(m: Record<string, unknown>): boolean {
 
 /** Runs the tool on `argv`; returns the exit code. */
 export async function pretrain(argv: readonly string[]): Promise<number> {
-  const flags = parseFlags(argv, PRETRAIN_FLAGS);
-  if (flags.has("help")) {
+  const command = parseCommand(argv, PRETRAIN_FLAGS, FLAG_FIELDS);
+  if (command.help) {
     console.log(helpText(USAGE, DESCRIPTION, PRETRAIN_FLAGS));
     return EXIT.ok;
   }
-  if (flags.positionals.length > 1) {
-    throw new UsageError(
-      `Expected at most one DATA_DIR, got ${flags.positionals.length} arguments: ${
-        flags.positionals.join(" ")
-      }.`,
-    );
-  }
-  const given: Partial<Record<keyof PretrainArgs, FlagValue>> = {};
-  for (const [name, value] of flags.given) {
-    if (name !== "help") given[FLAG_FIELDS[name]] = value;
-  }
-  if (flags.positionals.length === 1) given.data = flags.positionals[0];
+  const given = command.given;
+  if (command.data !== null) given.data = command.data;
 
   const resumePath = given.resume as string | undefined;
   const resumed = resumePath === undefined
