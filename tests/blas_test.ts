@@ -1,25 +1,6 @@
+import { runWith } from "./subprocess.ts";
 import { blas } from "../cpu/mod.ts";
 import { assert } from "./assert.ts";
-
-/** Runs code in a fresh Deno; `clearEnv` drops everything this process set. */
-async function runWith(
-  env: Record<string, string>,
-  code: string,
-  clearEnv = false,
-) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", "--no-config", code],
-    env,
-    clearEnv,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stderr: new TextDecoder().decode(out.stderr),
-    stdout: new TextDecoder().decode(out.stdout),
-  };
-}
 
 const blasModule = new URL("../cpu/blas.ts", import.meta.url).href;
 

@@ -1,3 +1,4 @@
+import { runWith } from "./subprocess.ts";
 import type { ConvDesc } from "../nn/backend.ts";
 import { convShape as shape } from "./conv_desc.ts";
 import { CpuBackend } from "../cpu/backend.ts";
@@ -160,20 +161,6 @@ Deno.test("CpuBackend chooses an implementation per shape and op, and keeps it",
   assertClose(be.read(yb), yRef, "forward with the choice made", TOLERANCE);
   assert.equal(be.convImplementation("backwardData", d), undefined);
 });
-
-async function runWith(env: Record<string, string>, code: string) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["eval", "--no-config", code],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stderr: new TextDecoder().decode(out.stderr),
-    stdout: new TextDecoder().decode(out.stdout),
-  };
-}
 
 const backendModule = new URL("../cpu/backend.ts", import.meta.url).href;
 /** Runs one forward convolution and prints the implementation it used. */
