@@ -35,6 +35,8 @@ interface Case {
   name: string;
   flops: number;
   run: () => void;
+  /** Waits for the work `run` queued on its backend; absent for host work. */
+  sync?: () => void;
   /** The implementation that ran it, where the backend chose one. */
   impl?: () => string | undefined;
 }
@@ -117,13 +119,15 @@ function convCases(
     const dx = buffer(x.length);
     const dw = buffer(w.length);
     const flops = convFlops(d);
-    const forward = () => be.conv2dForward(x, w, y, d);
-    const data = () => be.conv2dBackwardData(dy, w, dx, d);
-    const filter = () => be.conv2dBackwardFilter(x, dy, dw, d);
+    const forward = () => be.conv2dForward({ x, w, y, desc: d });
+    const data = () => be.conv2dBackwardData({ dy, w, dx, desc: d });
+    const filter = () => be.conv2dBackwardFilter({ x, dy, dw, desc: d });
+    const sync = () => be.synchronize();
     const op = (kind: ConvOp, run: () => void): Case => ({
       name: `conv ${name} ${opNames[kind]}`,
       flops,
       run,
+      sync,
       impl: () => be.convImplementation(kind, d),
     });
     all.push(op("forward", forward));
@@ -138,6 +142,7 @@ function convCases(
           forward();
           filter();
         },
+        sync,
       }
       : {
         name: `conv ${name} fwd+bwd`,
@@ -147,6 +152,7 @@ function convCases(
           data();
           filter();
         },
+        sync,
       };
     all.push(step);
     training.push(step);
@@ -161,20 +167,24 @@ const opNames: Record<ConvOp, string> = {
 };
 
 /**
- * Best seconds of `run` over a few calls after warm-up calls. The best
- * rather than the median, because other load on the shared machines comes
- * and goes and only slows a run down; the warm-up is two calls because V8
- * optimises the copy loops only after their first.
+ * Best seconds of a case's `run` over a few calls after warm-up calls. The
+ * best rather than the median, because other load on the shared machines
+ * comes and goes and only slows a run down; the warm-up is two calls because
+ * V8 optimises the copy loops only after their first. The clock is read only
+ * after the backend has finished what was queued (a no-op on the CPU).
  */
-function time(run: () => void): number {
+function time({ run, sync = () => {} }: Case): number {
+  sync();
   let t = performance.now();
   for (let i = 0; i < WARM_UPS; i++) run();
+  sync();
   const warm = (performance.now() - t) / 1000 / WARM_UPS;
   const reps = warm > 1 ? MIN_REPS : REPS;
   let best = Infinity;
   for (let i = 0; i < reps; i++) {
     t = performance.now();
     run();
+    sync();
     best = Math.min(best, (performance.now() - t) / 1000);
   }
   return best;
@@ -188,7 +198,7 @@ function timeAll(cases: Case[]): Map<Case, number> {
   const seconds = new Map<Case, number>();
   for (let round = 0; round < ROUNDS; round++) {
     for (const c of cases) {
-      seconds.set(c, Math.min(seconds.get(c) ?? Infinity, time(c.run)));
+      seconds.set(c, Math.min(seconds.get(c) ?? Infinity, time(c)));
     }
   }
   return seconds;
@@ -242,7 +252,7 @@ function kernelCases(): Case[] {
   ];
   const [gamma, beta, mean, variance, saveMean, saveInvStd, dGamma, dBeta] =
     Array.from({ length: 8 }, () => buffer(c));
-  be.fill(variance, 1);
+  be.fill({ y: variance, value: 1 });
   const rows = buffer(n * c);
   const bn = { n, c, spatial: hw, eps: 1e-5, momentum: 0.1 };
   const pool = {
@@ -265,51 +275,80 @@ function kernelCases(): Case[] {
     name: `kernel ${name}`,
     flops: elements,
     run,
+    sync: () => be.synchronize(),
   });
   return [
     k("batch norm fwd train", size, () =>
-      be.batchNormForwardTraining(
+      be.batchNormForwardTraining({
         x,
         y,
-        gamma,
-        beta,
-        mean,
-        variance,
+        scale: gamma,
+        bias: beta,
+        runningMean: mean,
+        runningVar: variance,
         saveMean,
         saveInvStd,
-        bn,
-      )),
-    k(
-      "batch norm fwd eval",
-      size,
-      () => be.batchNormForwardInference(x, y, gamma, beta, mean, variance, bn),
-    ),
+        desc: bn,
+      })),
+    k("batch norm fwd eval", size, () =>
+      be.batchNormForwardInference({
+        x,
+        y,
+        scale: gamma,
+        bias: beta,
+        estimatedMean: mean,
+        estimatedVariance: variance,
+        desc: bn,
+      })),
     k("batch norm bwd", size, () =>
-      be.batchNormBackward(
+      be.batchNormBackward({
         x,
         dy,
         dx,
-        gamma,
-        dGamma,
-        dBeta,
+        scale: gamma,
+        dScale: dGamma,
+        dBias: dBeta,
         saveMean,
         saveInvStd,
-        bn,
-      )),
-    k("relu fwd", size, () => be.reluForward(x, y, size)),
-    k("relu bwd", size, () => be.reluBackward(y, dy, dx, size)),
-    k("add", size, () => be.opTensor("add", 1, x, 1, dy, full, 0, y, full)),
-    k("axpby", size, () => be.axpby(size, 1, x, 1, y)),
+        desc: bn,
+      })),
+    k("relu fwd", size, () => be.reluForward({ x, y, length: size })),
+    k("relu bwd", size, () => be.reluBackward({ y, dy, dx, length: size })),
+    k("add", size, () =>
+      be.opTensor({
+        op: "add",
+        alpha1: 1,
+        a: x,
+        alpha2: 1,
+        b: dy,
+        bShape: full,
+        beta: 0,
+        c: y,
+        shape: full,
+      })),
     k(
-      "global avg pool",
+      "axpby",
       size,
-      () => be.reduceSum(1 / hw, x, [1, n * c, hw], 0, rows, [1, n * c, 1]),
+      () => be.axpby({ n: size, alpha: 1, x, beta: 1, y }),
     ),
-    k("max pool 3x3/2 fwd", poolIn, () => be.maxPoolForward(x, y, pool)),
+    k("global avg pool", size, () =>
+      be.reduceSum({
+        alpha: 1 / hw,
+        x,
+        shape: [1, n * c, hw],
+        beta: 0,
+        y: rows,
+        yShape: [1, n * c, 1],
+      })),
+    k(
+      "max pool 3x3/2 fwd",
+      poolIn,
+      () => be.maxPoolForward({ x, y, desc: pool }),
+    ),
     k(
       "max pool 3x3/2 bwd",
       poolIn,
-      () => be.maxPoolBackward(x, y, dy, dx, pool),
+      () => be.maxPoolBackward({ x, y, dy, dx, desc: pool }),
     ),
   ];
 }
@@ -387,16 +426,26 @@ function kernelSection(): void {
   }
 }
 
-/** Best images/s over `rounds` runs after one warm-up run. */
+/**
+ * Best images/s over `rounds` runs after one warm-up run, reading the clock
+ * after the device has finished the queued work (`sync`).
+ */
 async function imagesPerSecond(
-  c: { images: number; run: () => void | Promise<void> },
+  c: {
+    images: number;
+    run: () => void | Promise<void>;
+    sync?: () => void;
+  },
   rounds: number,
 ) {
+  const sync = c.sync ?? (() => {});
   await c.run();
+  sync();
   let best = Infinity;
   for (let r = 0; r < rounds; r++) {
     const t = performance.now();
     await c.run();
+    sync();
     best = Math.min(best, (performance.now() - t) / 1000);
   }
   return c.images / best;

@@ -25,6 +25,8 @@ export interface ModelCase {
   name: string;
   images: number;
   run: () => void;
+  /** Waits for the device's queued work, before the clock is read. */
+  sync: () => void;
 }
 
 function cases(
@@ -37,15 +39,18 @@ function cases(
   const gen = new Generator(0);
   const x = randn([batch, 3, size, size], gen);
   const labels = Array.from({ length: batch }, (_, i) => i % classes);
+  const sync = () => x.backend.synchronize();
   return [
     {
       name: `${label} forward`,
       images: batch,
       run: () => noGrad(() => scope(() => void net.eval().forward(x))),
+      sync,
     },
     {
       name: `${label} forward+backward`,
       images: batch,
+      sync,
       run: () =>
         scope(() => {
           crossEntropy(net.train().forward(x), labels).backward();
@@ -92,6 +97,7 @@ function mecCase(
   return {
     name: `mec step ${label}`,
     images: batch,
+    sync: () => x1.backend.synchronize(),
     run: () =>
       void mecStep(model, optimizer, x1, x2, {
         iteration: iteration++,

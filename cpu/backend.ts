@@ -7,17 +7,36 @@
  */
 
 import type {
+  ActivationBackwardArgs,
+  ActivationForwardArgs,
+  AddTensorArgs,
+  AxpbyArgs,
   Backend,
-  BatchNormDesc,
-  BinaryOp,
+  BatchNormBackwardArgs,
+  BatchNormForwardInferenceArgs,
+  BatchNormForwardTrainingArgs,
+  ConvBackwardDataArgs,
+  ConvBackwardFilterArgs,
   ConvDesc,
+  ConvForwardArgs,
+  CopyArgs,
   DataBuffer,
-  Dims3,
+  DotArgs,
+  FillArgs,
   GemmArgs,
+  L2NormalizeBackwardArgs,
+  L2NormalizeForwardArgs,
+  LarsAdaptArgs,
   MemoryInfo,
-  PoolDesc,
-  SgdStep,
-  UnaryOp,
+  OpTensorArgs,
+  PoolBackwardArgs,
+  PoolForwardArgs,
+  ReduceSumArgs,
+  ScaleShiftArgs,
+  SgdUpdateArgs,
+  SoftmaxCrossEntropyBackwardArgs,
+  SoftmaxCrossEntropyForwardArgs,
+  UnaryArgs,
 } from "../nn/backend.ts";
 import { CachingAllocator, Scratch } from "./allocator.ts";
 import { type Blas, blas } from "./blas.ts";
@@ -114,27 +133,15 @@ export class CpuBackend implements Backend {
     return data.slice(offset, offset + (length ?? data.length - offset));
   }
 
-  copy(
-    src: DataBuffer,
-    srcOffset: number,
-    dst: DataBuffer,
-    dstOffset: number,
-    length: number,
-  ): void {
+  copy({ src, srcOffset, dst, dstOffset, length }: CopyArgs): void {
     host(dst).set(
       host(src).subarray(srcOffset, srcOffset + length),
       dstOffset,
     );
   }
 
-  fill(
-    buffer: DataBuffer,
-    value: number,
-    offset = 0,
-    count?: number,
-    stride = 1,
-  ): void {
-    const data = host(buffer);
+  fill({ y, value, offset = 0, count, stride = 1 }: FillArgs): void {
+    const data = host(y);
     const n = count ?? Math.ceil((data.length - offset) / stride);
     if (stride === 1) {
       data.fill(value, offset, offset + n);
@@ -143,6 +150,7 @@ export class CpuBackend implements Backend {
     for (let i = 0; i < n; i++) data[offset + i * stride] = value;
   }
 
+  /** Nothing to wait for: every op has completed when it returns. */
   synchronize(): void {}
 
   memory(): MemoryInfo {
@@ -159,62 +167,40 @@ export class CpuBackend implements Backend {
     const a = host(g.a);
     const b = host(g.b);
     const c = host(g.c);
-    const batch = g.batch ?? 1;
-    for (let i = 0; i < batch; i++) {
-      const ao = g.aOffset + i * (g.strideA ?? 0);
-      const bo = g.bOffset + i * (g.strideB ?? 0);
-      const co = g.cOffset + i * (g.strideC ?? 0);
-      this.blas.sgemm(
-        g.transA,
-        g.transB,
-        g.m,
-        g.n,
-        g.k,
-        g.alpha,
-        ao === 0 ? a : a.subarray(ao),
-        g.lda,
-        bo === 0 ? b : b.subarray(bo),
-        g.ldb,
-        g.beta,
-        co === 0 ? c : c.subarray(co),
-        g.ldc,
-      );
-    }
-  }
-
-  dot(
-    length: number,
-    x: DataBuffer,
-    xOffset: number,
-    incx: number,
-    y: DataBuffer,
-    yOffset: number,
-    incy: number,
-    out: DataBuffer,
-    outOffset: number,
-  ): void {
-    host(out)[outOffset] = ew.dot(
-      length,
-      host(x),
-      xOffset,
-      incx,
-      host(y),
-      yOffset,
-      incy,
+    this.blas.sgemm(
+      g.transA,
+      g.transB,
+      g.m,
+      g.n,
+      g.k,
+      g.alpha,
+      g.aOffset === 0 ? a : a.subarray(g.aOffset),
+      g.lda,
+      g.bOffset === 0 ? b : b.subarray(g.bOffset),
+      g.ldb,
+      g.beta,
+      g.cOffset === 0 ? c : c.subarray(g.cOffset),
+      g.ldc,
     );
   }
 
-  axpby(
-    length: number,
-    alpha: number,
-    x: DataBuffer,
-    beta: number,
-    y: DataBuffer,
-  ): void {
-    ew.axpby(length, alpha, host(x), beta, host(y));
+  dot(a: DotArgs): void {
+    host(a.result)[a.resultOffset] = ew.dot(
+      a.n,
+      host(a.x),
+      a.xOffset,
+      a.incx,
+      host(a.y),
+      a.yOffset,
+      a.incy,
+    );
   }
 
-  conv2dForward(x: DataBuffer, w: DataBuffer, y: DataBuffer, d: ConvDesc) {
+  axpby({ n, alpha, x, beta, y }: AxpbyArgs): void {
+    ew.axpby(n, alpha, host(x), beta, host(y));
+  }
+
+  conv2dForward({ x, w, y, desc: d }: ConvForwardArgs): void {
     const [xs, ws, ys] = [host(x), host(w), host(y)];
     this.#convolve(
       "forward",
@@ -224,12 +210,7 @@ export class CpuBackend implements Backend {
     );
   }
 
-  conv2dBackwardData(
-    dy: DataBuffer,
-    w: DataBuffer,
-    dx: DataBuffer,
-    d: ConvDesc,
-  ): void {
+  conv2dBackwardData({ dy, w, dx, desc: d }: ConvBackwardDataArgs): void {
     const [dys, ws, dxs] = [host(dy), host(w), host(dx)];
     this.#convolve(
       "backwardData",
@@ -240,12 +221,7 @@ export class CpuBackend implements Backend {
     );
   }
 
-  conv2dBackwardFilter(
-    x: DataBuffer,
-    dy: DataBuffer,
-    dw: DataBuffer,
-    d: ConvDesc,
-  ): void {
+  conv2dBackwardFilter({ x, dy, dw, desc: d }: ConvBackwardFilterArgs): void {
     const [xs, dys, dws] = [host(x), host(dy), host(dw)];
     this.#convolve(
       "backwardFilter",
@@ -331,252 +307,155 @@ export class CpuBackend implements Backend {
     if (faster === "dnnl") onednn(dc);
   }
 
-  batchNormForwardTraining(
-    x: DataBuffer,
-    y: DataBuffer,
-    gamma: DataBuffer | null,
-    beta: DataBuffer | null,
-    runningMean: DataBuffer | null,
-    runningVar: DataBuffer | null,
-    saveMean: DataBuffer,
-    saveInvStd: DataBuffer,
-    d: BatchNormDesc,
-  ): void {
+  batchNormForwardTraining(a: BatchNormForwardTrainingArgs): void {
     bn.batchNormForwardTraining(
-      host(x),
-      host(y),
-      hostOrNull(gamma),
-      hostOrNull(beta),
-      hostOrNull(runningMean),
-      hostOrNull(runningVar),
-      host(saveMean),
-      host(saveInvStd),
-      d,
+      host(a.x),
+      host(a.y),
+      hostOrNull(a.scale),
+      hostOrNull(a.bias),
+      hostOrNull(a.runningMean),
+      hostOrNull(a.runningVar),
+      host(a.saveMean),
+      host(a.saveInvStd),
+      a.desc,
     );
   }
 
-  batchNormForwardInference(
-    x: DataBuffer,
-    y: DataBuffer,
-    gamma: DataBuffer | null,
-    beta: DataBuffer | null,
-    mean: DataBuffer,
-    variance: DataBuffer,
-    d: BatchNormDesc,
-  ): void {
+  batchNormForwardInference(a: BatchNormForwardInferenceArgs): void {
     bn.batchNormForwardInference(
-      host(x),
-      host(y),
-      hostOrNull(gamma),
-      hostOrNull(beta),
-      host(mean),
-      host(variance),
-      d,
+      host(a.x),
+      host(a.y),
+      hostOrNull(a.scale),
+      hostOrNull(a.bias),
+      host(a.estimatedMean),
+      host(a.estimatedVariance),
+      a.desc,
     );
   }
 
-  batchNormBackward(
-    x: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    gamma: DataBuffer | null,
-    dGamma: DataBuffer | null,
-    dBeta: DataBuffer | null,
-    saveMean: DataBuffer,
-    saveInvStd: DataBuffer,
-    d: BatchNormDesc,
-  ): void {
+  batchNormBackward(a: BatchNormBackwardArgs): void {
     bn.batchNormBackward(
-      host(x),
-      host(dy),
-      host(dx),
-      hostOrNull(gamma),
-      hostOrNull(dGamma),
-      hostOrNull(dBeta),
-      host(saveMean),
-      host(saveInvStd),
-      d,
+      host(a.x),
+      host(a.dy),
+      host(a.dx),
+      hostOrNull(a.scale),
+      hostOrNull(a.dScale),
+      hostOrNull(a.dBias),
+      host(a.saveMean),
+      host(a.saveInvStd),
+      a.desc,
     );
   }
 
-  reluForward(x: DataBuffer, y: DataBuffer, length: number): void {
+  reluForward({ x, y, length }: ActivationForwardArgs): void {
     ew.reluForward(host(x), host(y), length);
   }
 
-  reluBackward(
-    y: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    length: number,
-  ): void {
+  reluBackward({ y, dy, dx, length }: ActivationBackwardArgs): void {
     ew.reluBackward(host(y), host(dy), host(dx), length);
   }
 
-  maxPoolForward(x: DataBuffer, y: DataBuffer, d: PoolDesc): void {
-    pool.maxPoolForward(host(x), host(y), d);
+  maxPoolForward({ x, y, desc }: PoolForwardArgs): void {
+    pool.maxPoolForward(host(x), host(y), desc);
   }
 
-  maxPoolBackward(
-    x: DataBuffer,
-    y: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    d: PoolDesc,
-  ): void {
-    pool.maxPoolBackward(host(x), host(y), host(dy), host(dx), d);
+  maxPoolBackward({ x, y, dy, dx, desc }: PoolBackwardArgs): void {
+    pool.maxPoolBackward(host(x), host(y), host(dy), host(dx), desc);
   }
 
-  opTensor(
-    op: BinaryOp,
-    alpha1: number,
-    a: DataBuffer,
-    alpha2: number,
-    b: DataBuffer,
-    bShape: Dims3,
-    beta: number,
-    c: DataBuffer,
-    shape: Dims3,
-  ): void {
+  opTensor(a: OpTensorArgs): void {
     ew.opTensor(
-      op,
-      alpha1,
-      host(a),
-      alpha2,
-      host(b),
-      bShape,
-      beta,
-      host(c),
-      shape,
+      a.op,
+      a.alpha1,
+      host(a.a),
+      a.alpha2,
+      host(a.b),
+      a.bShape,
+      a.beta,
+      host(a.c),
+      a.shape,
     );
   }
 
-  addTensor(
-    alpha: number,
-    a: DataBuffer,
-    aShape: Dims3,
-    beta: number,
-    c: DataBuffer,
-    shape: Dims3,
-  ): void {
+  addTensor({ alpha, a, aShape, beta, c, shape }: AddTensorArgs): void {
     ew.addTensor(alpha, host(a), aShape, beta, host(c), shape);
   }
 
-  reduceSum(
-    alpha: number,
-    x: DataBuffer,
-    shape: Dims3,
-    beta: number,
-    y: DataBuffer,
-    outShape: Dims3,
-  ): void {
-    ew.reduceSum(alpha, host(x), shape, beta, host(y), outShape);
+  reduceSum({ alpha, x, shape, beta, y, yShape }: ReduceSumArgs): void {
+    ew.reduceSum(alpha, host(x), shape, beta, host(y), yShape);
   }
 
-  scaleShift(
-    x: DataBuffer,
-    y: DataBuffer,
-    length: number,
-    alpha: number,
-    beta: number,
-  ): void {
-    ew.scaleShift(host(x), host(y), length, alpha, beta);
+  scaleShift({ x, y, length, scale, shift }: ScaleShiftArgs): void {
+    ew.scaleShift(host(x), host(y), length, scale, shift);
   }
 
-  unary(op: UnaryOp, x: DataBuffer, y: DataBuffer, length: number): void {
+  unary({ op, x, y, length }: UnaryArgs): void {
     ew.unary(op, host(x), host(y), length);
   }
 
-  sgdUpdate(
-    param: DataBuffer,
-    grad: DataBuffer,
-    momentumBuffer: DataBuffer | null,
-    length: number,
-    step: SgdStep,
-  ): void {
+  sgdUpdate(a: SgdUpdateArgs): void {
     optim.sgdUpdate(
-      host(param),
-      host(grad),
-      hostOrNull(momentumBuffer),
-      length,
-      step,
+      host(a.param),
+      host(a.grad),
+      hostOrNull(a.momentumBuffer),
+      a.length,
+      a.step,
     );
   }
 
-  larsAdapt(
-    param: DataBuffer,
-    grad: DataBuffer,
-    length: number,
-    trust: number,
-    weightDecay: number,
-    eps: number,
-  ): void {
-    optim.larsAdapt(host(param), host(grad), length, trust, weightDecay, eps);
+  larsAdapt(a: LarsAdaptArgs): void {
+    optim.larsAdapt(
+      host(a.param),
+      host(a.grad),
+      a.length,
+      a.trust,
+      a.weightDecay,
+      a.eps,
+    );
   }
 
-  l2NormalizeForward(
-    x: DataBuffer,
-    y: DataBuffer,
-    norms: DataBuffer,
-    r: number,
-    cols: number,
-    eps: number,
-  ): void {
-    rows.l2NormalizeForward(host(x), host(y), host(norms), r, cols, eps);
+  l2NormalizeForward(a: L2NormalizeForwardArgs): void {
+    rows.l2NormalizeForward(
+      host(a.x),
+      host(a.y),
+      host(a.norms),
+      a.rows,
+      a.cols,
+      a.eps,
+    );
   }
 
-  l2NormalizeBackward(
-    y: DataBuffer,
-    norms: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    r: number,
-    cols: number,
-    eps: number,
-  ): void {
+  l2NormalizeBackward(a: L2NormalizeBackwardArgs): void {
     rows.l2NormalizeBackward(
-      host(y),
-      host(norms),
-      host(dy),
-      host(dx),
-      r,
-      cols,
-      eps,
+      host(a.y),
+      host(a.norms),
+      host(a.dy),
+      host(a.dx),
+      a.rows,
+      a.cols,
+      a.eps,
     );
   }
 
-  softmaxCrossEntropyForward(
-    logits: DataBuffer,
-    labels: DataBuffer,
-    probs: DataBuffer,
-    losses: DataBuffer,
-    r: number,
-    cols: number,
-  ): void {
+  softmaxCrossEntropyForward(a: SoftmaxCrossEntropyForwardArgs): void {
     rows.softmaxCrossEntropyForward(
-      host(logits),
-      host(labels),
-      host(probs),
-      host(losses),
-      r,
-      cols,
+      host(a.logits),
+      host(a.labels),
+      host(a.probs),
+      host(a.losses),
+      a.rows,
+      a.cols,
     );
   }
 
-  softmaxCrossEntropyBackward(
-    probs: DataBuffer,
-    labels: DataBuffer,
-    dLosses: DataBuffer,
-    dx: DataBuffer,
-    r: number,
-    cols: number,
-  ): void {
+  softmaxCrossEntropyBackward(a: SoftmaxCrossEntropyBackwardArgs): void {
     rows.softmaxCrossEntropyBackward(
-      host(probs),
-      host(labels),
-      host(dLosses),
-      host(dx),
-      r,
-      cols,
+      host(a.probs),
+      host(a.labels),
+      host(a.dLosses),
+      host(a.dx),
+      a.rows,
+      a.cols,
     );
   }
 }

@@ -132,7 +132,13 @@ export class MEC extends Module {
     const teacher = this.teacher.parameters();
     noGrad(() =>
       teacher.forEach((t, i) => {
-        t.backend.axpby(t.size, 1 - m, student[i].buffer, m, t.buffer);
+        t.backend.axpby({
+          n: t.size,
+          alpha: 1 - m,
+          x: student[i].buffer,
+          beta: m,
+          y: t.buffer,
+        });
       })
     );
   }

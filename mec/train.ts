@@ -8,7 +8,7 @@
 
 import type { SGD } from "../nn/optim.ts";
 import { add, mulScalar } from "../nn/ops/elementwise.ts";
-import { scope, type Tensor } from "../nn/tensor.ts";
+import { scope, Tensor } from "../nn/tensor.ts";
 import { mecLoss } from "./loss.ts";
 import type { MEC } from "./model.ts";
 
@@ -32,8 +32,9 @@ export interface StepResult {
 }
 
 /**
- * One optimisation step on a pair of views (each [m, 3, h, w]). Throws,
- * before touching any weight, when the loss is NaN or infinite.
+ * One optimisation step on a pair of views (each [m, 3, h, w]). Reads the
+ * device once, after the backward pass. Throws, before touching any weight,
+ * when the loss is NaN or infinite.
  */
 export function mecStep(
   model: MEC,
@@ -58,13 +59,32 @@ export function mecStep(
       0.5 / m,
     );
     const loss = mulScalar(mec, -s.lamdaInv);
-    const value = loss.item();
+    loss.backward();
+    // The step's one read from the device, after backward so that it does
+    // not stall the queue in between. A non-finite loss stops here, before
+    // the optimizer and the teacher touch any weight.
+    const [value, mecValue] = readScalars([loss, mec]);
     if (!Number.isFinite(value)) {
       throw new Error(`the MEC loss is ${value} at iteration ${s.iteration}`);
     }
-    loss.backward();
     optimizer.step();
     model.updateTeacher(s.teacherMomentum);
-    return { loss: value, mec: mec.item() * s.mu };
+    return { loss: value, mec: mecValue * s.mu };
   });
+}
+
+/** The values of one-element tensors, gathered on the device, read at once. */
+function readScalars(scalars: Tensor[]): number[] {
+  const backend = scalars[0].backend;
+  const packed = Tensor.empty(backend, [scalars.length]);
+  scalars.forEach((t, i) =>
+    backend.copy({
+      src: t.buffer,
+      srcOffset: 0,
+      dst: packed.buffer,
+      dstOffset: i,
+      length: 1,
+    })
+  );
+  return Array.from(packed.toArray());
 }

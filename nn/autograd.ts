@@ -45,18 +45,36 @@ function topologicalOrder(root: Tensor): Tensor[] {
 function accumulate(acc: Tensor, g: Tensor): Tensor {
   const backend = acc.backend;
   if (acc.storageRefs === 1) {
-    backend.axpby(acc.size, 1, g.buffer, 1, acc.buffer);
+    backend.axpby({
+      n: acc.size,
+      alpha: 1,
+      x: g.buffer,
+      beta: 1,
+      y: acc.buffer,
+    });
     g.dispose();
     return acc;
   }
   if (g.storageRefs === 1) {
-    backend.axpby(acc.size, 1, acc.buffer, 1, g.buffer);
+    backend.axpby({
+      n: acc.size,
+      alpha: 1,
+      x: acc.buffer,
+      beta: 1,
+      y: g.buffer,
+    });
     acc.dispose();
     return g;
   }
   const sum = Tensor.empty(backend, acc.shape);
-  backend.copy(acc.buffer, 0, sum.buffer, 0, acc.size);
-  backend.axpby(acc.size, 1, g.buffer, 1, sum.buffer);
+  backend.copy({
+    src: acc.buffer,
+    srcOffset: 0,
+    dst: sum.buffer,
+    dstOffset: 0,
+    length: acc.size,
+  });
+  backend.axpby({ n: acc.size, alpha: 1, x: g.buffer, beta: 1, y: sum.buffer });
   acc.dispose();
   g.dispose();
   return sum;
@@ -78,7 +96,7 @@ function runBackward(root: Tensor, seed?: Tensor): void {
       );
     }
     first = Tensor.empty(root.backend, root.shape);
-    root.backend.fill(first.buffer, 1);
+    root.backend.fill({ y: first.buffer, value: 1 });
   } else {
     if (seed.size !== root.size) {
       throw new RangeError(

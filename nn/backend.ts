@@ -35,7 +35,9 @@ export interface GemmArgs {
   k: number;
   alpha: number;
   a: DataBuffer;
+  /** Element where A starts in `a`. */
   aOffset: number;
+  /** Leading dimension (row stride) of A as stored. */
   lda: number;
   b: DataBuffer;
   bOffset: number;
@@ -44,11 +46,6 @@ export interface GemmArgs {
   c: DataBuffer;
   cOffset: number;
   ldc: number;
-  /** Strided batch (`cublasSgemmStridedBatched`): count and element strides. */
-  batch?: number;
-  strideA?: number;
-  strideB?: number;
-  strideC?: number;
 }
 
 /** A 2-D cross-correlation as cuDNN describes it (groups 1, dilation 1). */
@@ -132,6 +129,307 @@ export interface MemoryInfo {
   cached: number;
 }
 
+// --- the ops' arguments ------------------------------------------------------
+// Each op that takes more than a buffer takes one object of named fields,
+// named after cuBLAS's and cuDNN's parameters where they have one.
+
+/** `dst[dstOffset + i] = src[srcOffset + i]` for i < length (`cudaMemcpy`). */
+export interface CopyArgs {
+  src: DataBuffer;
+  srcOffset: number;
+  dst: DataBuffer;
+  dstOffset: number;
+  /** Number of elements copied. */
+  length: number;
+}
+
+/** Sets `count` elements `offset, offset + stride, ...` of y to `value`. */
+export interface FillArgs {
+  y: DataBuffer;
+  value: number;
+  /** First element set; 0 when omitted. */
+  offset?: number;
+  /** Number of elements set; when omitted, every stride-th one to the end. */
+  count?: number;
+  /** Distance between elements set; 1 when omitted. */
+  stride?: number;
+}
+
+/**
+ * `result[resultOffset] = sum_i x[xOffset + i*incx] * y[yOffset + i*incy]`
+ * for i < n, as `cublasSdot` with the result left on the device.
+ */
+export interface DotArgs {
+  /** Number of products summed. */
+  n: number;
+  x: DataBuffer;
+  xOffset: number;
+  /** Stride between x's elements. */
+  incx: number;
+  y: DataBuffer;
+  yOffset: number;
+  /** Stride between y's elements. */
+  incy: number;
+  result: DataBuffer;
+  resultOffset: number;
+}
+
+/** `y = alpha * x + beta * y` over the first n elements (`cublasSaxpy` + scale). */
+export interface AxpbyArgs {
+  n: number;
+  alpha: number;
+  x: DataBuffer;
+  beta: number;
+  y: DataBuffer;
+}
+
+/** `cudnnConvolutionForward`: y = conv(x, w), y overwritten. */
+export interface ConvForwardArgs {
+  /** Input [n, c, h, w]. */
+  x: DataBuffer;
+  /** Filter [k, c, r, s]. */
+  w: DataBuffer;
+  /** Output [n, k, oh, ow]. */
+  y: DataBuffer;
+  desc: ConvDesc;
+}
+
+/** `cudnnConvolutionBackwardData`: dx = gradient of y = conv(x, w) in x. */
+export interface ConvBackwardDataArgs {
+  dy: DataBuffer;
+  w: DataBuffer;
+  /** Overwritten. */
+  dx: DataBuffer;
+  desc: ConvDesc;
+}
+
+/** `cudnnConvolutionBackwardFilter`: dw = gradient of y = conv(x, w) in w. */
+export interface ConvBackwardFilterArgs {
+  x: DataBuffer;
+  dy: DataBuffer;
+  /** Overwritten. */
+  dw: DataBuffer;
+  desc: ConvDesc;
+}
+
+/** `cudnnBatchNormalizationForwardTraining`. */
+export interface BatchNormForwardTrainingArgs {
+  x: DataBuffer;
+  y: DataBuffer;
+  /** Per-channel gamma; null means 1 (a non-affine norm). */
+  scale: DataBuffer | null;
+  /** Per-channel beta; null means 0. */
+  bias: DataBuffer | null;
+  /** Running mean, updated in place; null to leave no running statistics. */
+  runningMean: DataBuffer | null;
+  /** Running (unbiased) variance, updated in place with runningMean. */
+  runningVar: DataBuffer | null;
+  /** Out: the batch mean per channel, for the backward pass. */
+  saveMean: DataBuffer;
+  /** Out: 1 / sqrt(biased batch variance + eps) per channel. */
+  saveInvStd: DataBuffer;
+  desc: BatchNormDesc;
+}
+
+/** `cudnnBatchNormalizationForwardInference`. */
+export interface BatchNormForwardInferenceArgs {
+  x: DataBuffer;
+  y: DataBuffer;
+  /** Per-channel gamma; null means 1. */
+  scale: DataBuffer | null;
+  /** Per-channel beta; null means 0. */
+  bias: DataBuffer | null;
+  /** The mean used (usually the running mean). */
+  estimatedMean: DataBuffer;
+  /** The variance used (usually the running variance). */
+  estimatedVariance: DataBuffer;
+  desc: BatchNormDesc;
+}
+
+/** `cudnnBatchNormalizationBackward`. */
+export interface BatchNormBackwardArgs {
+  /** The forward's input. */
+  x: DataBuffer;
+  dy: DataBuffer;
+  /** Overwritten. */
+  dx: DataBuffer;
+  /** The forward's gamma; null means 1. */
+  scale: DataBuffer | null;
+  /** Out: gradient of gamma; null to skip it. */
+  dScale: DataBuffer | null;
+  /** Out: gradient of beta; null to skip it. */
+  dBias: DataBuffer | null;
+  /** What the training forward saved. */
+  saveMean: DataBuffer;
+  saveInvStd: DataBuffer;
+  desc: BatchNormDesc;
+}
+
+/** An elementwise function `y = f(x)` over `length` elements. */
+export interface ActivationForwardArgs {
+  x: DataBuffer;
+  y: DataBuffer;
+  length: number;
+}
+
+/** `cudnnActivationBackward` for ReLU: dx = dy where y > 0, else 0. */
+export interface ActivationBackwardArgs {
+  /** The forward's output. */
+  y: DataBuffer;
+  dy: DataBuffer;
+  dx: DataBuffer;
+  length: number;
+}
+
+/** `cudnnPoolingForward`. */
+export interface PoolForwardArgs {
+  x: DataBuffer;
+  y: DataBuffer;
+  desc: PoolDesc;
+}
+
+/** `cudnnPoolingBackward`: dx overwritten. */
+export interface PoolBackwardArgs {
+  /** The forward's input and output. */
+  x: DataBuffer;
+  y: DataBuffer;
+  dy: DataBuffer;
+  dx: DataBuffer;
+  desc: PoolDesc;
+}
+
+/**
+ * `cudnnOpTensor`: `c = op(alpha1 * a, alpha2 * b) + beta * c`, where a and c
+ * have `shape` and b has `bShape`.
+ */
+export interface OpTensorArgs {
+  op: BinaryOp;
+  alpha1: number;
+  a: DataBuffer;
+  alpha2: number;
+  b: DataBuffer;
+  /** b's dims: each equals shape's or is 1 (broadcast). */
+  bShape: Dims3;
+  beta: number;
+  c: DataBuffer;
+  /** The shape of a and c. */
+  shape: Dims3;
+}
+
+/** `cudnnAddTensor`: `c = alpha * broadcast(a) + beta * c`. */
+export interface AddTensorArgs {
+  alpha: number;
+  a: DataBuffer;
+  /** a's dims: each equals shape's or is 1 (broadcast). */
+  aShape: Dims3;
+  beta: number;
+  c: DataBuffer;
+  /** The shape of c. */
+  shape: Dims3;
+}
+
+/**
+ * `cudnnReduceTensor` (add): `y = alpha * sum(x over the dims where yShape
+ * is 1) + beta * y`.
+ */
+export interface ReduceSumArgs {
+  alpha: number;
+  x: DataBuffer;
+  /** The shape of x. */
+  shape: Dims3;
+  beta: number;
+  y: DataBuffer;
+  /** y's dims: each equals shape's (kept) or is 1 (summed over). */
+  yShape: Dims3;
+}
+
+/** `y = scale * x + shift` elementwise over `length` elements. */
+export interface ScaleShiftArgs {
+  x: DataBuffer;
+  y: DataBuffer;
+  length: number;
+  scale: number;
+  shift: number;
+}
+
+/** `y = op(x)` elementwise over `length` elements. */
+export interface UnaryArgs extends ActivationForwardArgs {
+  op: UnaryOp;
+}
+
+/** One fused SGD step on one tensor (see `Backend.sgdUpdate`). */
+export interface SgdUpdateArgs {
+  /** Updated in place. */
+  param: DataBuffer;
+  grad: DataBuffer;
+  /** The momentum buffer, updated in place; null without momentum. */
+  momentumBuffer: DataBuffer | null;
+  length: number;
+  step: SgdStep;
+}
+
+/** LARC's rescaling of one tensor's gradient (see `Backend.larsAdapt`). */
+export interface LarsAdaptArgs {
+  param: DataBuffer;
+  /** Rescaled in place. */
+  grad: DataBuffer;
+  length: number;
+  /** The trust coefficient. */
+  trust: number;
+  weightDecay: number;
+  eps: number;
+}
+
+/** Row-wise L2 normalisation of a rows x cols matrix. */
+export interface L2NormalizeForwardArgs {
+  x: DataBuffer;
+  y: DataBuffer;
+  /** Out: each row's norm ||x_i|| (before the eps clamp), rows elements. */
+  norms: DataBuffer;
+  rows: number;
+  cols: number;
+  eps: number;
+}
+
+/** Gradient of the row-wise L2 normalisation, from its output and norms. */
+export interface L2NormalizeBackwardArgs {
+  /** The forward's output. */
+  y: DataBuffer;
+  /** The norms the forward wrote. */
+  norms: DataBuffer;
+  dy: DataBuffer;
+  dx: DataBuffer;
+  rows: number;
+  cols: number;
+  eps: number;
+}
+
+/** Softmax and cross-entropy of each row of a rows x cols matrix. */
+export interface SoftmaxCrossEntropyForwardArgs {
+  logits: DataBuffer;
+  /** rows class indices stored as integral floats. */
+  labels: DataBuffer;
+  /** Out: softmax of each row, rows x cols. */
+  probs: DataBuffer;
+  /** Out: `-log softmax(x)[label]` per row. */
+  losses: DataBuffer;
+  rows: number;
+  cols: number;
+}
+
+/** Gradient of the per-row cross-entropy in the logits. */
+export interface SoftmaxCrossEntropyBackwardArgs {
+  /** The probabilities the forward wrote. */
+  probs: DataBuffer;
+  labels: DataBuffer;
+  /** Gradient of each row's loss, rows elements. */
+  dLosses: DataBuffer;
+  /** Overwritten, rows x cols. */
+  dx: DataBuffer;
+  rows: number;
+  cols: number;
+}
+
 /** The op list. */
 export interface Backend {
   /** "cpu" or "cuda:N". */
@@ -142,27 +440,25 @@ export interface Backend {
   alloc(length: number): DataBuffer;
   /** Returns the buffer to the allocator; it must not be used again. */
   free(buffer: DataBuffer): void;
-  /** Copies host data into the buffer, starting at `offset`. */
+  /**
+   * Copies host data into the buffer, starting at `offset`. The host array
+   * may be reused as soon as this returns.
+   */
   write(buffer: DataBuffer, data: Float32Array, offset?: number): void;
-  /** Copies `length` elements starting at `offset` to a new host array. */
+  /**
+   * Copies `length` elements starting at `offset` to a new host array. It
+   * waits for the ops queued before it that write the buffer (synchronizing
+   * as needed), so the array holds their results.
+   */
   read(buffer: DataBuffer, offset?: number, length?: number): Float32Array;
-  /** `dst[dstOffset + i] = src[srcOffset + i]` for i < length. */
-  copy(
-    src: DataBuffer,
-    srcOffset: number,
-    dst: DataBuffer,
-    dstOffset: number,
-    length: number,
-  ): void;
-  /** Sets `count` elements `offset, offset + stride, ...` to `value`. */
-  fill(
-    buffer: DataBuffer,
-    value: number,
-    offset?: number,
-    count?: number,
-    stride?: number,
-  ): void;
-  /** Waits for queued work (a no-op on the CPU). */
+  copy(args: CopyArgs): void;
+  fill(args: FillArgs): void;
+  /**
+   * Returns when every op queued on this backend so far has completed and
+   * its results are visible to `read` and to the host. On the CPU this is a
+   * no-op: ops complete before they return. Timers call it before reading the
+   * clock.
+   */
   synchronize(): void;
   memory(): MemoryInfo;
   /** Releases cached blocks to the system. */
@@ -170,220 +466,75 @@ export interface Backend {
 
   // --- BLAS -----------------------------------------------------------------
   gemm(args: GemmArgs): void;
-  /** `out[outOffset] = sum_i x[xOffset + i*incx] * y[yOffset + i*incy]`. */
-  dot(
-    length: number,
-    x: DataBuffer,
-    xOffset: number,
-    incx: number,
-    y: DataBuffer,
-    yOffset: number,
-    incy: number,
-    out: DataBuffer,
-    outOffset: number,
-  ): void;
-  /** `y = alpha * x + beta * y` over `length` elements. */
-  axpby(
-    length: number,
-    alpha: number,
-    x: DataBuffer,
-    beta: number,
-    y: DataBuffer,
-  ): void;
+  dot(args: DotArgs): void;
+  axpby(args: AxpbyArgs): void;
 
   // --- convolution (cudnnConvolution*) ---------------------------------------
   /** y[n,k,oh,ow] = sum_{c,r,s} x[n,c,oh*sh+r-ph,ow*sw+s-pw] * w[k,c,r,s]. */
-  conv2dForward(x: DataBuffer, w: DataBuffer, y: DataBuffer, d: ConvDesc): void;
+  conv2dForward(args: ConvForwardArgs): void;
   /** dx = gradient of the forward with respect to x (overwritten). */
-  conv2dBackwardData(
-    dy: DataBuffer,
-    w: DataBuffer,
-    dx: DataBuffer,
-    d: ConvDesc,
-  ): void;
+  conv2dBackwardData(args: ConvBackwardDataArgs): void;
   /** dw = gradient of the forward with respect to w (overwritten). */
-  conv2dBackwardFilter(
-    x: DataBuffer,
-    dy: DataBuffer,
-    dw: DataBuffer,
-    d: ConvDesc,
-  ): void;
+  conv2dBackwardFilter(args: ConvBackwardFilterArgs): void;
 
   // --- batch norm (cudnnBatchNormalization*) --------------------------------
   /**
    * Normalises with the batch statistics, writes y, the batch mean and
    * 1/sqrt(var + eps) (biased variance) for the backward pass, and updates the
-   * running averages (unbiased variance) when they are given. A null gamma or
-   * beta means 1 or 0.
+   * running averages (unbiased variance) when they are given.
    */
-  batchNormForwardTraining(
-    x: DataBuffer,
-    y: DataBuffer,
-    gamma: DataBuffer | null,
-    beta: DataBuffer | null,
-    runningMean: DataBuffer | null,
-    runningVar: DataBuffer | null,
-    saveMean: DataBuffer,
-    saveInvStd: DataBuffer,
-    d: BatchNormDesc,
-  ): void;
+  batchNormForwardTraining(args: BatchNormForwardTrainingArgs): void;
   /** Normalises with the given statistics. */
-  batchNormForwardInference(
-    x: DataBuffer,
-    y: DataBuffer,
-    gamma: DataBuffer | null,
-    beta: DataBuffer | null,
-    mean: DataBuffer,
-    variance: DataBuffer,
-    d: BatchNormDesc,
-  ): void;
+  batchNormForwardInference(args: BatchNormForwardInferenceArgs): void;
   /** Gradients of the training-mode forward; null outputs are skipped. */
-  batchNormBackward(
-    x: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    gamma: DataBuffer | null,
-    dGamma: DataBuffer | null,
-    dBeta: DataBuffer | null,
-    saveMean: DataBuffer,
-    saveInvStd: DataBuffer,
-    d: BatchNormDesc,
-  ): void;
+  batchNormBackward(args: BatchNormBackwardArgs): void;
 
   // --- activation and pooling (cudnnActivation*, cudnnPooling*) --------------
-  reluForward(x: DataBuffer, y: DataBuffer, length: number): void;
+  /** y = max(x, 0). */
+  reluForward(args: ActivationForwardArgs): void;
   /** dx = dy where y > 0, else 0 (y is the forward output). */
-  reluBackward(
-    y: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    length: number,
-  ): void;
-  maxPoolForward(x: DataBuffer, y: DataBuffer, d: PoolDesc): void;
+  reluBackward(args: ActivationBackwardArgs): void;
+  maxPoolForward(args: PoolForwardArgs): void;
   /** Routes dy to the first maximum of each window (dx overwritten). */
-  maxPoolBackward(
-    x: DataBuffer,
-    y: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    d: PoolDesc,
-  ): void;
+  maxPoolBackward(args: PoolBackwardArgs): void;
 
   // --- elementwise and reductions (cudnnOpTensor, cudnnAddTensor, ...) -------
-  /**
-   * `c = op(alpha1 * a, alpha2 * b) + beta * c` where a and c have `shape` and
-   * b has `bShape`, each of whose dimensions equals shape's or is 1.
-   */
-  opTensor(
-    op: BinaryOp,
-    alpha1: number,
-    a: DataBuffer,
-    alpha2: number,
-    b: DataBuffer,
-    bShape: Dims3,
-    beta: number,
-    c: DataBuffer,
-    shape: Dims3,
-  ): void;
-  /** `c = alpha * broadcast(a) + beta * c`; a's dims equal c's or are 1. */
-  addTensor(
-    alpha: number,
-    a: DataBuffer,
-    aShape: Dims3,
-    beta: number,
-    c: DataBuffer,
-    shape: Dims3,
-  ): void;
-  /** `y = alpha * sum(x over the dims where outShape is 1) + beta * y`. */
-  reduceSum(
-    alpha: number,
-    x: DataBuffer,
-    shape: Dims3,
-    beta: number,
-    y: DataBuffer,
-    outShape: Dims3,
-  ): void;
-  /** `y = alpha * x + beta` elementwise. */
-  scaleShift(
-    x: DataBuffer,
-    y: DataBuffer,
-    length: number,
-    alpha: number,
-    beta: number,
-  ): void;
-  unary(op: UnaryOp, x: DataBuffer, y: DataBuffer, length: number): void;
+  opTensor(args: OpTensorArgs): void;
+  addTensor(args: AddTensorArgs): void;
+  reduceSum(args: ReduceSumArgs): void;
+  scaleShift(args: ScaleShiftArgs): void;
+  unary(args: UnaryArgs): void;
 
   // --- fused optimiser updates -------------------------------------------------
   /**
    * One SGD step on a tensor, in place: d = grad + wd * param; with momentum,
    * buf = first ? d : momentum * buf + (1 - dampening) * d and d = buf (or
    * d + momentum * buf with Nesterov); param -= lr * d. The teacher's EMA
-   * needs no op of its own: it is `axpby(n, 1 - m, student, m, teacher)`.
+   * needs no op of its own: it is `axpby({ n, alpha: 1 - m, x: student,
+   * beta: m, y: teacher })`.
    */
-  sgdUpdate(
-    param: DataBuffer,
-    grad: DataBuffer,
-    momentumBuffer: DataBuffer | null,
-    length: number,
-    step: SgdStep,
-  ): void;
+  sgdUpdate(args: SgdUpdateArgs): void;
   /**
    * LARC's gradient rescaling (NVIDIA apex, clip off), in place on grad:
    * when ||param|| and ||grad|| are both non-zero, grad = (grad + wd * param)
    * * trust * ||param|| / (||grad|| + wd * ||param|| + eps); otherwise grad
    * is left as it is. The SGD step that follows runs with weight decay 0.
    */
-  larsAdapt(
-    param: DataBuffer,
-    grad: DataBuffer,
-    length: number,
-    trust: number,
-    weightDecay: number,
-    eps: number,
-  ): void;
+  larsAdapt(args: LarsAdaptArgs): void;
 
   // --- fused kernels ----------------------------------------------------------
   /**
    * Row-wise `y = x / max(||x||, eps)` on a rows x cols matrix, as PyTorch's
    * `F.normalize`; writes each row's norm to `norms`.
    */
-  l2NormalizeForward(
-    x: DataBuffer,
-    y: DataBuffer,
-    norms: DataBuffer,
-    rows: number,
-    cols: number,
-    eps: number,
-  ): void;
+  l2NormalizeForward(args: L2NormalizeForwardArgs): void;
   /** Gradient of the above, from its output y and the saved norms. */
-  l2NormalizeBackward(
-    y: DataBuffer,
-    norms: DataBuffer,
-    dy: DataBuffer,
-    dx: DataBuffer,
-    rows: number,
-    cols: number,
-    eps: number,
-  ): void;
+  l2NormalizeBackward(args: L2NormalizeBackwardArgs): void;
   /**
    * Softmax of each row into `probs` and the per-row cross-entropy
    * `-log softmax(x)[label]` into `losses`. Labels are integral floats.
    */
-  softmaxCrossEntropyForward(
-    logits: DataBuffer,
-    labels: DataBuffer,
-    probs: DataBuffer,
-    losses: DataBuffer,
-    rows: number,
-    cols: number,
-  ): void;
+  softmaxCrossEntropyForward(args: SoftmaxCrossEntropyForwardArgs): void;
   /** `dx[i, j] = dLosses[i] * (probs[i, j] - [j == label_i])`. */
-  softmaxCrossEntropyBackward(
-    probs: DataBuffer,
-    labels: DataBuffer,
-    dLosses: DataBuffer,
-    dx: DataBuffer,
-    rows: number,
-    cols: number,
-  ): void;
+  softmaxCrossEntropyBackward(args: SoftmaxCrossEntropyBackwardArgs): void;
 }

@@ -49,7 +49,7 @@ export function full(
   opts: TensorOptions = {},
 ): Tensor {
   const t = make(shape, opts);
-  t.backend.fill(t.buffer, value);
+  t.backend.fill({ y: t.buffer, value });
   return t;
 }
 

@@ -184,7 +184,13 @@ abstract class BatchNormBase extends Layer {
     const counter = this.numBatchesTracked;
     if (update && counter) {
       noGrad(() =>
-        counter.backend.scaleShift(counter.buffer, counter.buffer, 1, 1, 1)
+        counter.backend.scaleShift({
+          x: counter.buffer,
+          y: counter.buffer,
+          length: 1,
+          scale: 1,
+          shift: 1,
+        })
       );
     }
     return out;

@@ -168,7 +168,13 @@ export abstract class Module {
         const backend = target.backend;
         if (value instanceof Tensor) {
           if (value.backend === backend) {
-            backend.copy(value.buffer, 0, target.buffer, 0, target.size);
+            backend.copy({
+              src: value.buffer,
+              srcOffset: 0,
+              dst: target.buffer,
+              dstOffset: 0,
+              length: target.size,
+            });
           } else backend.write(target.buffer, value.toArray());
         } else {
           backend.write(target.buffer, value.data);

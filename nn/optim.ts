@@ -93,12 +93,12 @@ export class SGD {
     if (firstStep) {
       buf = this.#buffers[i] = keep(zeros(p.shape, { device: p.device }));
     }
-    p.backend.sgdUpdate(
-      p.buffer,
-      g.buffer,
-      useMomentum ? buf!.buffer : null,
-      p.size,
-      {
+    p.backend.sgdUpdate({
+      param: p.buffer,
+      grad: g.buffer,
+      momentumBuffer: useMomentum ? buf!.buffer : null,
+      length: p.size,
+      step: {
         lr: this.lr,
         momentum: this.momentum,
         dampening: this.dampening,
@@ -106,7 +106,7 @@ export class SGD {
         nesterov: this.nesterov,
         firstStep,
       },
-    );
+    });
   }
 
   /** Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`). */
@@ -212,14 +212,14 @@ export class LARS extends SGD {
       this.params.forEach((p, i) => {
         if (p.grad === null) return;
         const g = ownGradient(p);
-        p.backend.larsAdapt(
-          p.buffer,
-          g.buffer,
-          p.size,
-          this.trustCoefficient,
-          this.weightDecay,
-          this.eps,
-        );
+        p.backend.larsAdapt({
+          param: p.buffer,
+          grad: g.buffer,
+          length: p.size,
+          trust: this.trustCoefficient,
+          weightDecay: this.weightDecay,
+          eps: this.eps,
+        });
         this.update(p, i, 0);
       })
     );
@@ -243,7 +243,13 @@ function ownGradient(p: Tensor): Tensor {
   const g = p.grad!;
   if (g.storageRefs === 1) return g;
   const copy = keep(Tensor.empty(g.backend, g.shape));
-  g.backend.copy(g.buffer, 0, copy.buffer, 0, g.size);
+  g.backend.copy({
+    src: g.buffer,
+    srcOffset: 0,
+    dst: copy.buffer,
+    dstOffset: 0,
+    length: g.size,
+  });
   g.dispose();
   p.grad = copy;
   return copy;

@@ -253,7 +253,7 @@ export class ResNet extends Layer {
       for (const [, m] of this.namedModules()) {
         if (m instanceof BasicBlock || m instanceof Bottleneck) {
           const g = m.lastBn.weight!;
-          g.backend.fill(g.buffer, 0);
+          g.backend.fill({ y: g.buffer, value: 0 });
         }
       }
     }

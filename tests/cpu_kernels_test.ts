@@ -6,7 +6,14 @@ Deno.test("reduceSum() writes only its output's elements, even into a larger buf
   const x = cpu.alloc(6);
   cpu.write(x, Float32Array.of(1, 2, 3, 4, 5, 6));
   const y = cpu.alloc(5);
-  cpu.fill(y, -7);
-  cpu.reduceSum(1, x, [1, 2, 3], 0, y, [1, 2, 1]);
+  cpu.fill({ y, value: -7 });
+  cpu.reduceSum({
+    alpha: 1,
+    x,
+    shape: [1, 2, 3],
+    beta: 0,
+    y,
+    yShape: [1, 2, 1],
+  });
   assertClose(cpu.read(y), [6, 15, -7, -7, -7], "row sums and untouched tail");
 });

@@ -149,14 +149,14 @@ Deno.test("CpuBackend chooses an implementation per shape and op, and keeps it",
     be.alloc(d.n * d.k * d.oh * d.ow),
   ];
   assert.equal(be.convImplementation("forward", d), undefined);
-  be.conv2dForward(xb, wb, yb, d);
+  be.conv2dForward({ x: xb, w: wb, y: yb, desc: d });
   const choice = be.convImplementation("forward", d);
   if (lib === null) assert.equal(choice, "im2col");
   else assert.match(choice ?? "", /^(im2col|oneDNN \S+)$/);
   const yRef = conv2dRef(x, w, null, refDesc(d));
   assertClose(be.read(yb), yRef, "forward after choosing", TOLERANCE);
-  be.fill(yb, NaN);
-  be.conv2dForward(xb, wb, yb, d);
+  be.fill({ y: yb, value: NaN });
+  be.conv2dForward({ x: xb, w: wb, y: yb, desc: d });
   assert.equal(be.convImplementation("forward", d), choice);
   assertClose(be.read(yb), yRef, "forward with the choice made", TOLERANCE);
   assert.equal(be.convImplementation("backwardData", d), undefined);
@@ -170,7 +170,9 @@ const be = new CpuBackend();
 const d = { n: 2, c: 16, h: 9, w: 9, k: 8, r: 3, s: 3, strideH: 1,
   strideW: 1, padH: 1, padW: 1, oh: 9, ow: 9 };
 try {
-  be.conv2dForward(be.alloc(2592), be.alloc(1152), be.alloc(1296), d);
+  be.conv2dForward({
+    x: be.alloc(2592), w: be.alloc(1152), y: be.alloc(1296), desc: d,
+  });
 } catch (e) { console.error(e.message); Deno.exit(3); }
 console.log(be.convImplementation("forward", d));`;
 

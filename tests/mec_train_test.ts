@@ -159,7 +159,7 @@ Deno.test("a non-finite loss stops the step with the iteration, before any weigh
   const gen = new Generator(8);
   const x = randn([8, 3, 8, 8], gen);
   const bad = randn([8, 3, 8, 8], gen);
-  bad.backend.fill(bad.buffer, NaN, 0, 1);
+  bad.backend.fill({ y: bad.buffer, value: NaN, offset: 0, count: 1 });
   const w = model.encoder.conv1.weight.toArray();
   assertThrows(
     () => mecStep(model, opt, x, bad, settings(7)),

@@ -28,7 +28,13 @@ Deno.test("sgdUpdate() follows PyTorch's SGD formulas over several steps", () =>
     const buf = [0, 0, 0];
     grads.forEach((g, step) => {
       const s: SgdStep = { ...h, firstStep: step === 0 };
-      backend.sgdUpdate(param, buffer(g), mom, 3, s);
+      backend.sgdUpdate({
+        param,
+        grad: buffer(g),
+        momentumBuffer: mom,
+        length: 3,
+        step: s,
+      });
       for (let i = 0; i < 3; i++) {
         const d = g[i] + h.weightDecay * p[i];
         buf[i] = step === 0 ? d : h.momentum * buf[i] + (1 - h.dampening) * d;
@@ -46,13 +52,19 @@ Deno.test("sgdUpdate() follows PyTorch's SGD formulas over several steps", () =>
 
 Deno.test("sgdUpdate() without momentum is p -= lr * (g + wd * p)", () => {
   const param = buffer([1, 2]);
-  backend.sgdUpdate(param, buffer([0.5, -1]), null, 2, {
-    lr: 0.5,
-    momentum: 0,
-    dampening: 0,
-    weightDecay: 0.1,
-    nesterov: false,
-    firstStep: true,
+  backend.sgdUpdate({
+    param,
+    grad: buffer([0.5, -1]),
+    momentumBuffer: null,
+    length: 2,
+    step: {
+      lr: 0.5,
+      momentum: 0,
+      dampening: 0,
+      weightDecay: 0.1,
+      nesterov: false,
+      firstStep: true,
+    },
   });
   assertClose(backend.read(param), [
     1 - 0.5 * (0.5 + 0.1),
@@ -65,7 +77,14 @@ Deno.test("larsAdapt() scales the gradient by LARC's trust ratio and skips zero 
   const g = [0.6, 0.8]; // norm 1
   const [trust, wd, eps] = [0.001, 0.1, 1e-8];
   const grad = buffer(g);
-  backend.larsAdapt(buffer(p), grad, 2, trust, wd, eps);
+  backend.larsAdapt({
+    param: buffer(p),
+    grad,
+    length: 2,
+    trust,
+    weightDecay: wd,
+    eps,
+  });
   const rate = (trust * 5) / (1 + wd * 5 + eps);
   assertClose(
     backend.read(grad),
@@ -73,6 +92,13 @@ Deno.test("larsAdapt() scales the gradient by LARC's trust ratio and skips zero 
     "LARC gradient",
   );
   const untouched = buffer(g);
-  backend.larsAdapt(buffer([0, 0]), untouched, 2, trust, wd, eps);
+  backend.larsAdapt({
+    param: buffer([0, 0]),
+    grad: untouched,
+    length: 2,
+    trust,
+    weightDecay: wd,
+    eps,
+  });
   assertClose(backend.read(untouched), g, "zero parameter norm");
 });

@@ -30,6 +30,7 @@ import {
   crossEntropy,
   DataLoader,
   type Dataset,
+  device,
   fashionMnist,
   Generator,
   imageFolder,
@@ -322,8 +323,9 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   const given = command.given;
   const data = command.data;
   const demo = data === null;
-  const device = chooseDevice((given.device as string) ?? "cpu");
-  setDefaultDevice(device);
+  const deviceName = chooseDevice((given.device as string) ?? "cpu");
+  setDefaultDevice(deviceName);
+  const backend = device(deviceName);
   if (given.evaluate && given.resume === undefined) {
     throw new UsageError(
       "--evaluate needs the probe checkpoint to evaluate, given by --resume PATH.",
@@ -501,6 +503,7 @@ export async function lincls(argv: readonly string[]): Promise<number> {
         );
       }
       if (iteration % args.printFreq === 0) {
+        backend.synchronize();
         const seconds = (performance.now() - t0) / 1000;
         console.log(
           `Epoch: [${epoch}][${iteration}/${count}]  Loss ${fmt(loss)}  lr ${

@@ -18,11 +18,13 @@
 
 import { join, resolve } from "node:path";
 import {
+  type Backend,
   batchTensors,
   BUILTIN_FASHION_MNIST,
   cosineSchedule,
   DataLoader,
   type Dataset,
+  device,
   DummyDataset,
   fashionMnist,
   formatEpochSummary,
@@ -367,8 +369,9 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     maxIters: null,
     ...given,
   } as PretrainArgs;
-  const device = chooseDevice(args.device);
-  setDefaultDevice(device);
+  const deviceName = chooseDevice(args.device);
+  setDefaultDevice(deviceName);
+  const backend = device(deviceName);
   if (args.warmupEpochs > args.epochs) {
     throw new UsageError(
       `--warmup-epochs (${args.warmupEpochs}) cannot exceed --epochs (${args.epochs}).`,
@@ -402,7 +405,7 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     smallStem: args.smallStem,
     width: args.width,
     gen: new Generator(args.seed),
-    device,
+    device: deviceName,
   });
   const lr = args.lr * args.batchSize / 256;
   const optimizer = new SGD(model.trainableParameters(), {
@@ -462,6 +465,7 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
   using interrupt = new Interrupt();
   const result = await train(
     args,
+    backend,
     model,
     optimizer,
     loader,
@@ -499,6 +503,7 @@ async function openDataset(
 /** The training loop; returns the exit code. */
 async function train(
   args: PretrainArgs,
+  backend: Backend,
   model: MEC,
   optimizer: SGD,
   loader: DataLoader,
@@ -582,6 +587,8 @@ async function train(
         throw e;
       }
       loader.recycle(batch);
+      // The optimizer's and the teacher's updates may still be queued.
+      backend.synchronize();
       const now = performance.now();
       const seconds = (now - mark) / 1000;
       mark = now;

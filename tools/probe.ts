@@ -29,7 +29,7 @@ export function probeHead(
     const w = new Float32Array(linear.weight.size);
     gen.fillNormal(w, 0, 0.01);
     linear.weight.backend.write(linear.weight.buffer, w);
-    linear.bias!.backend.fill(linear.bias!.buffer, 0);
+    linear.bias!.backend.fill({ y: linear.bias!.buffer, value: 0 });
   });
   return new Sequential(
     new BatchNorm1d(features, { affine: false, eps: 1e-6 }),

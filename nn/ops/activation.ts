@@ -10,10 +10,15 @@ import { recordGrad, Tensor } from "../tensor.ts";
 export function relu(x: Tensor): Tensor {
   const backend = x.backend;
   const out = Tensor.empty(backend, x.shape);
-  backend.reluForward(x.buffer, out.buffer, x.size);
+  backend.reluForward({ x: x.buffer, y: out.buffer, length: x.size });
   return recordGrad(out, "relu", [x], (g) => {
     const gx = Tensor.empty(backend, x.shape);
-    backend.reluBackward(out.buffer, g.buffer, gx.buffer, x.size);
+    backend.reluBackward({
+      y: out.buffer,
+      dy: g.buffer,
+      dx: gx.buffer,
+      length: x.size,
+    });
     return [gx];
   });
 }

@@ -77,35 +77,56 @@ export function conv2d(
   }
   const plane = d.oh * d.ow;
   const out = Tensor.empty(backend, [d.n, d.k, d.oh, d.ow]);
-  backend.conv2dForward(x.buffer, weight.buffer, out.buffer, d);
+  backend.conv2dForward({
+    x: x.buffer,
+    w: weight.buffer,
+    y: out.buffer,
+    desc: d,
+  });
   if (bias) {
-    backend.addTensor(1, bias.buffer, [1, d.k, 1], 1, out.buffer, [
-      d.n,
-      d.k,
-      plane,
-    ]);
+    backend.addTensor({
+      alpha: 1,
+      a: bias.buffer,
+      aShape: [1, d.k, 1],
+      beta: 1,
+      c: out.buffer,
+      shape: [d.n, d.k, plane],
+    });
   }
   return recordGrad(out, "conv2d", inputs, (g) => {
     let gx: Tensor | null = null;
     if (x.requiresGrad) {
       gx = Tensor.empty(backend, x.shape);
-      backend.conv2dBackwardData(g.buffer, weight.buffer, gx.buffer, d);
+      backend.conv2dBackwardData({
+        dy: g.buffer,
+        w: weight.buffer,
+        dx: gx.buffer,
+        desc: d,
+      });
     }
     let gw: Tensor | null = null;
     if (weight.requiresGrad) {
       gw = Tensor.empty(backend, weight.shape);
-      backend.conv2dBackwardFilter(x.buffer, g.buffer, gw.buffer, d);
+      backend.conv2dBackwardFilter({
+        x: x.buffer,
+        dy: g.buffer,
+        dw: gw.buffer,
+        desc: d,
+      });
     }
     const grads = [gx, gw];
     if (bias) {
       let gb: Tensor | null = null;
       if (bias.requiresGrad) {
         gb = Tensor.empty(backend, bias.shape);
-        backend.reduceSum(1, g.buffer, [d.n, d.k, plane], 0, gb.buffer, [
-          1,
-          d.k,
-          1,
-        ]);
+        backend.reduceSum({
+          alpha: 1,
+          x: g.buffer,
+          shape: [d.n, d.k, plane],
+          beta: 0,
+          y: gb.buffer,
+          yShape: [1, d.k, 1],
+        });
       }
       grads.push(gb);
     }

@@ -18,7 +18,13 @@ import {
 function scaled(backend: Backend, g: Tensor, alpha: number): Tensor {
   if (alpha === 1) return g.viewAs(g.shape);
   const out = Tensor.empty(backend, g.shape);
-  backend.scaleShift(g.buffer, out.buffer, g.size, alpha, 0);
+  backend.scaleShift({
+    x: g.buffer,
+    y: out.buffer,
+    length: g.size,
+    scale: alpha,
+    shift: 0,
+  });
   return out;
 }
 
@@ -32,7 +38,14 @@ function reduceTo(
   target: readonly number[],
 ): Tensor {
   const out = Tensor.empty(backend, target);
-  backend.reduceSum(alpha, g.buffer, shape, 0, out.buffer, small);
+  backend.reduceSum({
+    alpha,
+    x: g.buffer,
+    shape,
+    beta: 0,
+    y: out.buffer,
+    yShape: small,
+  });
   return out;
 }
 
@@ -84,29 +97,29 @@ function addLike(op: string, a: Tensor, b: Tensor, alphaB: number): Tensor {
   const out = Tensor.empty(backend, f.out);
   // opTensor broadcasts its second operand, so the broadcast one goes second.
   if (f.broadcast === "a") {
-    backend.opTensor(
-      "add",
-      alphaB,
-      b.buffer,
-      1,
-      a.buffer,
-      f.small,
-      0,
-      out.buffer,
-      f.shape,
-    );
+    backend.opTensor({
+      op: "add",
+      alpha1: alphaB,
+      a: b.buffer,
+      alpha2: 1,
+      b: a.buffer,
+      bShape: f.small,
+      beta: 0,
+      c: out.buffer,
+      shape: f.shape,
+    });
   } else {
-    backend.opTensor(
-      "add",
-      1,
-      a.buffer,
-      alphaB,
-      b.buffer,
-      f.small,
-      0,
-      out.buffer,
-      f.shape,
-    );
+    backend.opTensor({
+      op: "add",
+      alpha1: 1,
+      a: a.buffer,
+      alpha2: alphaB,
+      b: b.buffer,
+      bShape: f.small,
+      beta: 0,
+      c: out.buffer,
+      shape: f.shape,
+    });
   }
   const grad = (g: Tensor, t: Tensor, alpha: number, isSmall: boolean) =>
     isSmall
@@ -134,47 +147,47 @@ export function mul(a: Tensor, b: Tensor): Tensor {
   const f = fold("mul", a, b);
   const [big, small] = f.broadcast === "a" ? [b, a] : [a, b];
   const out = Tensor.empty(backend, f.out);
-  backend.opTensor(
-    "mul",
-    1,
-    big.buffer,
-    1,
-    small.buffer,
-    f.small,
-    0,
-    out.buffer,
-    f.shape,
-  );
+  backend.opTensor({
+    op: "mul",
+    alpha1: 1,
+    a: big.buffer,
+    alpha2: 1,
+    b: small.buffer,
+    bShape: f.small,
+    beta: 0,
+    c: out.buffer,
+    shape: f.shape,
+  });
   return recordGrad(out, "mul", [a, b], (g) => {
     // d(big) = g * small (broadcast); d(small) = sum over broadcast dims of g * big.
     const gBig = big.requiresGrad ? Tensor.empty(backend, big.shape) : null;
     if (gBig) {
-      backend.opTensor(
-        "mul",
-        1,
-        g.buffer,
-        1,
-        small.buffer,
-        f.small,
-        0,
-        gBig.buffer,
-        f.shape,
-      );
+      backend.opTensor({
+        op: "mul",
+        alpha1: 1,
+        a: g.buffer,
+        alpha2: 1,
+        b: small.buffer,
+        bShape: f.small,
+        beta: 0,
+        c: gBig.buffer,
+        shape: f.shape,
+      });
     }
     let gSmall: Tensor | null = null;
     if (small.requiresGrad) {
       const prod = Tensor.empty(backend, big.shape);
-      backend.opTensor(
-        "mul",
-        1,
-        g.buffer,
-        1,
-        big.buffer,
-        f.shape,
-        0,
-        prod.buffer,
-        f.shape,
-      );
+      backend.opTensor({
+        op: "mul",
+        alpha1: 1,
+        a: g.buffer,
+        alpha2: 1,
+        b: big.buffer,
+        bShape: f.shape,
+        beta: 0,
+        c: prod.buffer,
+        shape: f.shape,
+      });
       if (f.broadcast === "none") {
         gSmall = prod;
       } else {
@@ -190,7 +203,13 @@ export function mul(a: Tensor, b: Tensor): Tensor {
 export function affine(x: Tensor, alpha: number, beta: number): Tensor {
   const backend = x.backend;
   const out = Tensor.empty(backend, x.shape);
-  backend.scaleShift(x.buffer, out.buffer, x.size, alpha, beta);
+  backend.scaleShift({
+    x: x.buffer,
+    y: out.buffer,
+    length: x.size,
+    scale: alpha,
+    shift: beta,
+  });
   return recordGrad(out, "affine", [x], (g) => [scaled(backend, g, alpha)]);
 }
 
@@ -245,10 +264,24 @@ function sumScaled(
   const r = reduceDims(op, x, dim, keepDim);
   const alpha = mean ? 1 / r.count : 1;
   const out = Tensor.empty(backend, r.out);
-  backend.reduceSum(alpha, x.buffer, r.shape, 0, out.buffer, r.small);
+  backend.reduceSum({
+    alpha,
+    x: x.buffer,
+    shape: r.shape,
+    beta: 0,
+    y: out.buffer,
+    yShape: r.small,
+  });
   return recordGrad(out, op, [x], (g) => {
     const gx = Tensor.empty(backend, x.shape);
-    backend.addTensor(alpha, g.buffer, r.small, 0, gx.buffer, r.shape);
+    backend.addTensor({
+      alpha,
+      a: g.buffer,
+      aShape: r.small,
+      beta: 0,
+      c: gx.buffer,
+      shape: r.shape,
+    });
     return [gx];
   });
 }

@@ -125,11 +125,14 @@ export function linear(
   }
   const out = Tensor.empty(backend, [n, outF]);
   if (bias) {
-    backend.addTensor(1, bias.buffer, [1, 1, outF], 0, out.buffer, [
-      1,
-      n,
-      outF,
-    ]);
+    backend.addTensor({
+      alpha: 1,
+      a: bias.buffer,
+      aShape: [1, 1, outF],
+      beta: 0,
+      c: out.buffer,
+      shape: [1, n, outF],
+    });
   }
   gemmInto(backend, x, false, weight, true, out, bias ? 1 : 0);
   return recordGrad(out, "linear", inputs, (g) => {
@@ -141,11 +144,14 @@ export function linear(
       let gb: Tensor | null = null;
       if (bias.requiresGrad) {
         gb = Tensor.empty(backend, bias.shape);
-        backend.reduceSum(1, g.buffer, [1, n, outF], 0, gb.buffer, [
-          1,
-          1,
-          outF,
-        ]);
+        backend.reduceSum({
+          alpha: 1,
+          x: g.buffer,
+          shape: [1, n, outF],
+          beta: 0,
+          y: gb.buffer,
+          yShape: [1, 1, outF],
+        });
       }
       grads.push(gb);
     }
@@ -164,26 +170,42 @@ export function trace(x: Tensor): Tensor {
   }
   const backend = x.backend;
   const ones = Tensor.empty(backend, [m]);
-  backend.fill(ones.buffer, 1);
+  backend.fill({ y: ones.buffer, value: 1 });
   const out = Tensor.empty(backend, []);
-  backend.dot(m, x.buffer, 0, m + 1, ones.buffer, 0, 1, out.buffer, 0);
+  backend.dot({
+    n: m,
+    x: x.buffer,
+    xOffset: 0,
+    incx: m + 1,
+    y: ones.buffer,
+    yOffset: 0,
+    incy: 1,
+    result: out.buffer,
+    resultOffset: 0,
+  });
   ones.dispose();
   return recordGrad(out, "trace", [x], (g) => {
     // g * I, built on the device so the gradient never visits the host.
     const gx = Tensor.empty(backend, x.shape);
-    backend.fill(gx.buffer, 0);
-    backend.fill(gx.buffer, 1, 0, m, m + 1);
-    backend.opTensor(
-      "mul",
-      1,
-      gx.buffer,
-      1,
-      g.buffer,
-      [1, 1, 1],
-      0,
-      gx.buffer,
-      [1, 1, m * m],
-    );
+    backend.fill({ y: gx.buffer, value: 0 });
+    backend.fill({
+      y: gx.buffer,
+      value: 1,
+      offset: 0,
+      count: m,
+      stride: m + 1,
+    });
+    backend.opTensor({
+      op: "mul",
+      alpha1: 1,
+      a: gx.buffer,
+      alpha2: 1,
+      b: g.buffer,
+      bShape: [1, 1, 1],
+      beta: 0,
+      c: gx.buffer,
+      shape: [1, 1, m * m],
+    });
     return [gx];
   });
 }

@@ -64,24 +64,24 @@ export function crossEntropy(
   const backend = backendOf("crossEntropy", logits, target);
   const probs = Tensor.empty(backend, logits.shape);
   const losses = Tensor.empty(backend, [rows]);
-  backend.softmaxCrossEntropyForward(
-    logits.buffer,
-    target.buffer,
-    probs.buffer,
-    losses.buffer,
+  backend.softmaxCrossEntropyForward({
+    logits: logits.buffer,
+    labels: target.buffer,
+    probs: probs.buffer,
+    losses: losses.buffer,
     rows,
     cols,
-  );
+  });
   recordGrad(losses, "crossEntropy", [logits], (g) => {
     const gx = Tensor.empty(backend, logits.shape);
-    backend.softmaxCrossEntropyBackward(
-      probs.buffer,
-      target.buffer,
-      g.buffer,
-      gx.buffer,
+    backend.softmaxCrossEntropyBackward({
+      probs: probs.buffer,
+      labels: target.buffer,
+      dLosses: g.buffer,
+      dx: gx.buffer,
       rows,
       cols,
-    );
+    });
     return [gx];
   });
   switch (opts.reduction ?? "mean") {

@@ -81,32 +81,32 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
     }
     const saveMean = Tensor.empty(backend, [c]);
     const saveInvStd = Tensor.empty(backend, [c]);
-    backend.batchNormForwardTraining(
-      x.buffer,
-      out.buffer,
-      gammaBuf,
-      betaBuf,
-      runningMean?.buffer ?? null,
-      runningVar?.buffer ?? null,
-      saveMean.buffer,
-      saveInvStd.buffer,
-      d,
-    );
+    backend.batchNormForwardTraining({
+      x: x.buffer,
+      y: out.buffer,
+      scale: gammaBuf,
+      bias: betaBuf,
+      runningMean: runningMean?.buffer ?? null,
+      runningVar: runningVar?.buffer ?? null,
+      saveMean: saveMean.buffer,
+      saveInvStd: saveInvStd.buffer,
+      desc: d,
+    });
     return recordGrad(out, "batchNorm", inputs, (g) => {
       const gx = Tensor.empty(backend, x.shape);
       const gw = weight?.requiresGrad ? Tensor.empty(backend, [c]) : null;
       const gb = bias?.requiresGrad ? Tensor.empty(backend, [c]) : null;
-      backend.batchNormBackward(
-        x.buffer,
-        g.buffer,
-        gx.buffer,
-        gammaBuf,
-        gw?.buffer ?? null,
-        gb?.buffer ?? null,
-        saveMean.buffer,
-        saveInvStd.buffer,
-        d,
-      );
+      backend.batchNormBackward({
+        x: x.buffer,
+        dy: g.buffer,
+        dx: gx.buffer,
+        scale: gammaBuf,
+        dScale: gw?.buffer ?? null,
+        dBias: gb?.buffer ?? null,
+        saveMean: saveMean.buffer,
+        saveInvStd: saveInvStd.buffer,
+        desc: d,
+      });
       return withParamGrads(gx, weight, gw, bias, gb);
     });
   }
@@ -114,78 +114,103 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
   if (!runningMean || !runningVar) {
     throw new Error("batchNorm: eval mode needs runningMean and runningVar");
   }
-  backend.batchNormForwardInference(
-    x.buffer,
-    out.buffer,
-    gammaBuf,
-    betaBuf,
-    runningMean.buffer,
-    runningVar.buffer,
-    d,
-  );
+  backend.batchNormForwardInference({
+    x: x.buffer,
+    y: out.buffer,
+    scale: gammaBuf,
+    bias: betaBuf,
+    estimatedMean: runningMean.buffer,
+    estimatedVariance: runningVar.buffer,
+    desc: d,
+  });
   return recordGrad(out, "batchNorm", inputs, (g) => {
     // With fixed statistics the op is affine per channel:
     // dx = g * gamma * invStd, dgamma = sum(g * xhat), dbeta = sum(g).
     const invStd = Tensor.empty(backend, [c]);
-    backend.scaleShift(runningVar.buffer, invStd.buffer, c, 1, d.eps);
-    backend.unary("rsqrt", invStd.buffer, invStd.buffer, c);
+    backend.scaleShift({
+      x: runningVar.buffer,
+      y: invStd.buffer,
+      length: c,
+      scale: 1,
+      shift: d.eps,
+    });
+    backend.unary({
+      op: "rsqrt",
+      x: invStd.buffer,
+      y: invStd.buffer,
+      length: c,
+    });
     if (gammaBuf) {
-      backend.opTensor(
-        "mul",
-        1,
-        invStd.buffer,
-        1,
-        gammaBuf,
-        [1, 1, c],
-        0,
-        invStd.buffer,
-        [1, 1, c],
-      );
+      backend.opTensor({
+        op: "mul",
+        alpha1: 1,
+        a: invStd.buffer,
+        alpha2: 1,
+        b: gammaBuf,
+        bShape: [1, 1, c],
+        beta: 0,
+        c: invStd.buffer,
+        shape: [1, 1, c],
+      });
     }
     const gx = Tensor.empty(backend, x.shape);
-    backend.opTensor(
-      "mul",
-      1,
-      g.buffer,
-      1,
-      invStd.buffer,
-      perChannel,
-      0,
-      gx.buffer,
-      full,
-    );
+    backend.opTensor({
+      op: "mul",
+      alpha1: 1,
+      a: g.buffer,
+      alpha2: 1,
+      b: invStd.buffer,
+      bShape: perChannel,
+      beta: 0,
+      c: gx.buffer,
+      shape: full,
+    });
     invStd.dispose();
     let gw: Tensor | null = null;
     if (weight?.requiresGrad) {
       const xhat = Tensor.empty(backend, x.shape);
-      backend.batchNormForwardInference(
-        x.buffer,
-        xhat.buffer,
-        null,
-        null,
-        runningMean.buffer,
-        runningVar.buffer,
-        d,
-      );
-      backend.opTensor(
-        "mul",
-        1,
-        xhat.buffer,
-        1,
-        g.buffer,
-        full,
-        0,
-        xhat.buffer,
-        full,
-      );
+      backend.batchNormForwardInference({
+        x: x.buffer,
+        y: xhat.buffer,
+        scale: null,
+        bias: null,
+        estimatedMean: runningMean.buffer,
+        estimatedVariance: runningVar.buffer,
+        desc: d,
+      });
+      backend.opTensor({
+        op: "mul",
+        alpha1: 1,
+        a: xhat.buffer,
+        alpha2: 1,
+        b: g.buffer,
+        bShape: full,
+        beta: 0,
+        c: xhat.buffer,
+        shape: full,
+      });
       gw = Tensor.empty(backend, [c]);
-      backend.reduceSum(1, xhat.buffer, full, 0, gw.buffer, perChannel);
+      backend.reduceSum({
+        alpha: 1,
+        x: xhat.buffer,
+        shape: full,
+        beta: 0,
+        y: gw.buffer,
+        yShape: perChannel,
+      });
       xhat.dispose();
     }
     let gb: Tensor | null = null;
     if (bias?.requiresGrad) {
       gb = Tensor.empty(backend, [c]);
-      backend.reduceSum(1, g.buffer, full, 0, gb.buffer, perChannel);
+      backend.reduceSum({
+        alpha: 1,
+        x: g.buffer,
+        shape: full,
+        beta: 0,
+        y: gb.buffer,
+        yShape: perChannel,
+      });
     }
     return withParamGrads(gx, weight, gw, bias, gb);
   });
@@ -215,25 +240,25 @@ export function normalize(x: Tensor, eps = 1e-12): Tensor {
   const backend = x.backend;
   const out = Tensor.empty(backend, x.shape);
   const norms = Tensor.empty(backend, [rows]);
-  backend.l2NormalizeForward(
-    x.buffer,
-    out.buffer,
-    norms.buffer,
+  backend.l2NormalizeForward({
+    x: x.buffer,
+    y: out.buffer,
+    norms: norms.buffer,
     rows,
     cols,
     eps,
-  );
+  });
   return recordGrad(out, "normalize", [x], (g) => {
     const gx = Tensor.empty(backend, x.shape);
-    backend.l2NormalizeBackward(
-      out.buffer,
-      norms.buffer,
-      g.buffer,
-      gx.buffer,
+    backend.l2NormalizeBackward({
+      y: out.buffer,
+      norms: norms.buffer,
+      dy: g.buffer,
+      dx: gx.buffer,
       rows,
       cols,
       eps,
-    );
+    });
     return [gx];
   });
 }

@@ -59,10 +59,16 @@ export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
   };
   const backend = x.backend;
   const out = Tensor.empty(backend, [n, c, oh, ow]);
-  backend.maxPoolForward(x.buffer, out.buffer, d);
+  backend.maxPoolForward({ x: x.buffer, y: out.buffer, desc: d });
   return recordGrad(out, "maxPool2d", [x], (g) => {
     const gx = Tensor.empty(backend, x.shape);
-    backend.maxPoolBackward(x.buffer, out.buffer, g.buffer, gx.buffer, d);
+    backend.maxPoolBackward({
+      x: x.buffer,
+      y: out.buffer,
+      dy: g.buffer,
+      dx: gx.buffer,
+      desc: d,
+    });
     return [gx];
   });
 }
@@ -75,10 +81,24 @@ export function globalAvgPool2d(x: Tensor): Tensor {
   const out = Tensor.empty(backend, [n, c, 1, 1]);
   const shape = [1, n * c, h * w] as const;
   const small = [1, n * c, 1] as const;
-  backend.reduceSum(1 / (h * w), x.buffer, shape, 0, out.buffer, small);
+  backend.reduceSum({
+    alpha: 1 / (h * w),
+    x: x.buffer,
+    shape,
+    beta: 0,
+    y: out.buffer,
+    yShape: small,
+  });
   return recordGrad(out, "globalAvgPool2d", [x], (g) => {
     const gx = Tensor.empty(backend, x.shape);
-    backend.addTensor(1 / (h * w), g.buffer, small, 0, gx.buffer, shape);
+    backend.addTensor({
+      alpha: 1 / (h * w),
+      a: g.buffer,
+      aShape: small,
+      beta: 0,
+      c: gx.buffer,
+      shape,
+    });
     return [gx];
   });
 }

@@ -88,12 +88,6 @@ export function foldBroadcast(
   return { shape, smallShape };
 }
 
-export function positiveInt(op: string, name: string, v: number): void {
-  if (!Number.isInteger(v) || v < 1) {
-    throw new RangeError(`${op}: ${name} must be a positive integer, got ${v}`);
-  }
-}
-
 export function pair(v: number | readonly [number, number]): [number, number] {
   return typeof v === "number" ? [v, v] : [v[0], v[1]];
 }
