@@ -15,9 +15,11 @@ export interface MaxPool2dOptions {
   padding?: number | [number, number];
 }
 
-/** PyTorch's `F.max_pool2d` (ceil_mode false, dilation 1). */
-export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
-  expectRank("maxPool2d", x, [4]);
+/** The cuDNN-style descriptor of maxPool2d on input shape x, validated. */
+export function poolDesc(
+  x: readonly number[],
+  opts: MaxPool2dOptions,
+): PoolDesc {
   const [kh, kw] = pair(opts.kernelSize);
   const [strideH, strideW] = pair(opts.stride ?? opts.kernelSize);
   const [padH, padW] = pair(opts.padding ?? 0);
@@ -33,30 +35,24 @@ export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
       `maxPool2d: padding must be between 0 and half the kernel size, got ${padH}, ${padW} for kernel ${kh}x${kw}`,
     );
   }
-  const [n, c, h, w] = x.shape;
+  const [n, c, h, w] = x;
   const oh = Math.floor((h + 2 * padH - kh) / strideH) + 1;
   const ow = Math.floor((w + 2 * padW - kw) / strideW) + 1;
   if (oh < 1 || ow < 1) {
     throw new RangeError(
       `maxPool2d: the ${kh}x${kw} window is larger than the padded input ${
-        formatShape(x.shape)
+        formatShape(x)
       }`,
     );
   }
-  const d: PoolDesc = {
-    n,
-    c,
-    h,
-    w,
-    kh,
-    kw,
-    strideH,
-    strideW,
-    padH,
-    padW,
-    oh,
-    ow,
-  };
+  return { n, c, h, w, kh, kw, strideH, strideW, padH, padW, oh, ow };
+}
+
+/** PyTorch's `F.max_pool2d` (ceil_mode false, dilation 1). */
+export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
+  expectRank("maxPool2d", x, [4]);
+  const d = poolDesc(x.shape, opts);
+  const { n, c, oh, ow } = d;
   const backend = x.backend;
   const out = Tensor.empty(backend, [n, c, oh, ow]);
   backend.maxPoolForward({ x: x.buffer, y: out.buffer, desc: d });
