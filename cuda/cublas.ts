@@ -209,22 +209,52 @@ export interface RowMajorGemm {
   ldc: number;
 }
 
+/** The column-major call of a row-major GEMM, with the buffers to pass. */
+export interface ColumnMajorCall<T> extends ColumnMajorGemm {
+  /** What to pass as cuBLAS's A (the row-major B) and B (the row-major A). */
+  A: T;
+  B: T;
+  /** Element strides between batched products, swapped the same way. */
+  strideA: number;
+  strideB: number;
+  strideC: number;
+}
+
+/** Products of a strided batch: count and each operand's element stride. */
+export interface GemmBatch {
+  count: number;
+  strideA: number;
+  strideB: number;
+  strideC: number;
+}
+
 /**
  * The column-major call that computes a row-major product. A row-major
  * r x c matrix with leading dimension ld is, read column-major, its own
  * c x r transpose with the same ld; so row-major C = op(A) op(B) is
- * column-major C^T = op(B)^T op(A)^T: swap the operands and m with n, keep
- * each operand's transpose flag and leading dimension.
+ * column-major C^T = op(B)^T op(A)^T: swap the operands (buffers, offsets
+ * and leading dimensions) and m with n, and keep each operand's transpose
+ * flag. Generic over the buffer type so that the test runs it on host arrays.
  */
-export function columnMajorGemm(g: RowMajorGemm): ColumnMajorGemm {
+export function columnMajorGemm<T>(
+  g: RowMajorGemm,
+  a: T,
+  b: T,
+  batch?: GemmBatch,
+): ColumnMajorCall<T> {
   return {
+    strideA: batch?.strideB ?? 0,
+    strideB: batch?.strideA ?? 0,
+    strideC: batch?.strideC ?? 0,
     transa: g.transB ? OP_T : OP_N,
     transb: g.transA ? OP_T : OP_N,
     m: g.n,
     n: g.m,
     k: g.k,
+    A: b,
     a: g.bOffset,
     lda: g.ldb,
+    B: a,
     b: g.aOffset,
     ldb: g.lda,
     c: g.cOffset,
@@ -261,6 +291,40 @@ export class CublasHandle {
         on ? TF32_TENSOR_OP_MATH : DEFAULT_MATH,
       ),
       "cublasSetMathMode",
+    );
+  }
+
+  /**
+   * Row-major `C = alpha op(A) op(B) + beta C` on device addresses; with
+   * `batch`, that many products whose operands lie `stride*` elements apart.
+   */
+  gemm(
+    g: RowMajorGemm,
+    alpha: number,
+    a: bigint,
+    b: bigint,
+    beta: number,
+    c: bigint,
+    batch?: {
+      count: number;
+      strideA: number;
+      strideB: number;
+      strideC: number;
+    },
+  ): void {
+    const call = columnMajorGemm(g, a, b);
+    if (!batch) return this.sgemm(call, alpha, call.A, call.B, beta, c);
+    this.sgemmStridedBatched(
+      call,
+      alpha,
+      call.A,
+      batch.strideB,
+      call.B,
+      batch.strideA,
+      beta,
+      c,
+      batch.strideC,
+      batch.count,
     );
   }
 
