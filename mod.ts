@@ -3,8 +3,9 @@
  * probing, in TypeScript on Deno.
  *
  * ```ts
- * import { Generator, matmul, randn, scope, sum } from "./mod.ts";
+ * import { Generator, matmul, randn, scope, sum, useDevice } from "./mod.ts";
  *
+ * await useDevice("cpu"); // loads the CPU plug-in; the default device is "cpu"
  * const gen = new Generator(0);
  * const w = randn([3, 4], gen, { requiresGrad: true });
  * const loss = scope(() => sum(matmul(randn([2, 3], gen), w)));
@@ -17,5 +18,4 @@
 
 export * from "./nn/mod.ts";
 export * from "./mec/mod.ts";
-export { CpuBackend } from "./cpu/mod.ts";
 export * from "./data/mod.ts";

@@ -20,6 +20,7 @@
 
 import { CpuBackend } from "../cpu/backend.ts";
 import { blas } from "../cpu/blas.ts";
+import { setDefaultDevice, useDevice } from "../mod.ts";
 import type { ConvOp } from "../cpu/dnnl_conv.ts";
 import { dataCases } from "./data_bench.ts";
 import { mecCases, type ModelCase, modelCases } from "./models.ts";
@@ -462,6 +463,10 @@ async function dataSection(): Promise<void> {
   }
 }
 
+// The models and the MEC step run on the default device, the CPU here; the
+// conv and kernel sections call their own CpuBackend instances.
+await useDevice("cpu");
+setDefaultDevice("cpu");
 if (only.includes("conv")) convSection();
 if (only.includes("kernels")) kernelSection();
 if (only.includes("models")) await modelSection(modelCases(), "images/s");

@@ -1,5 +1,5 @@
 /**
- * Tensors, autograd and the differentiable ops, over any registered backend.
+ * Tensors, autograd and the differentiable ops, over any loaded device.
  *
  * @module
  */
@@ -10,8 +10,10 @@ export type * from "./backend.ts";
 export {
   defaultDevice,
   device,
-  registerDevice,
+  type DevicePlugin,
+  parseDeviceName,
   setDefaultDevice,
+  useDevice,
 } from "./device.ts";
 export {
   type GradFn,

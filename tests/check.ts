@@ -5,6 +5,7 @@
 
 import { AssertionError } from "node:assert/strict";
 import { Generator, mul, scope, sum, type Tensor, tensor } from "../mod.ts";
+import "./device.ts";
 
 export interface Tolerance {
   /** Allowed error relative to each expected value. */

@@ -4,6 +4,7 @@ import { SGD } from "../nn/optim.ts";
 import { resnet18 } from "../nn/resnet.ts";
 import { encodeSafetensors, type HostTensor } from "../nn/safetensors.ts";
 import { assert, assertThrows } from "./assert.ts";
+import "./device.ts";
 
 const small = (seed: number) =>
   resnet18({

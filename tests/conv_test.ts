@@ -2,6 +2,7 @@ import { conv2d, Generator, zeros } from "../mod.ts";
 import { assertThrows } from "./assert.ts";
 import { checkGradients, randomValues } from "./check.ts";
 import { conv2dRef } from "./reference.ts";
+import "./device.ts";
 
 const gen = new Generator(6);
 

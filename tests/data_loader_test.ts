@@ -16,7 +16,7 @@ import {
 } from "../data/loader.ts";
 import { mecViews, probeEvalView } from "../data/pipelines.ts";
 import { Generator } from "../nn/random.ts";
-import "../cpu/mod.ts";
+import "./device.ts";
 import { assert } from "./assert.ts";
 
 const GO = new URL("./fixtures/go-image/", import.meta.url);

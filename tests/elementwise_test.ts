@@ -13,6 +13,7 @@ import {
 } from "../mod.ts";
 import { assertThrows } from "./assert.ts";
 import { checkGradients, randomValues } from "./check.ts";
+import "./device.ts";
 
 const gen = new Generator(2);
 

@@ -9,6 +9,7 @@
 import { MEC, mecStep, readSafetensors, scope, SGD, tensor } from "../mod.ts";
 import type { HostTensor } from "../mod.ts";
 import { assert } from "./assert.ts";
+import "./device.ts";
 
 const FIXTURE =
   new URL("./fixtures/golden/mec_golden.safetensors", import.meta.url).pathname;

@@ -2,6 +2,7 @@ import { assertThrows } from "./assert.ts";
 import { Generator, linear, matmul, trace } from "../mod.ts";
 import { checkGradients, randomValues } from "./check.ts";
 import { matmulRef } from "./reference.ts";
+import "./device.ts";
 
 const gen = new Generator(1);
 

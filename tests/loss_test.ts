@@ -2,6 +2,7 @@ import { accuracy, crossEntropy, Generator, tensor, zeros } from "../mod.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { assertClose, checkGradients, randomValues } from "./check.ts";
 import { crossEntropyRef } from "./reference.ts";
+import "./device.ts";
 
 const gen = new Generator(5);
 

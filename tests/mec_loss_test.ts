@@ -2,6 +2,7 @@ import { Generator, logDetLoss, mecLoss, scope, tensor } from "../mod.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { checkGradients, randomValues } from "./check.ts";
 import { matmulRef, normalizeRef } from "./reference.ts";
+import "./device.ts";
 
 const gen = new Generator(41);
 

@@ -10,6 +10,7 @@ import {
 } from "../mod.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { assertClose } from "./check.ts";
+import "./device.ts";
 
 /** A small MEC: resnet18 of width 4 with the small stem, d = 16. */
 const small = (seed = 0) =>
@@ -176,12 +177,12 @@ Deno.test("the MEC step keeps live tensors and bytes flat over 20 steps", () => 
   const [x1, x2] = [randn([8, 3, 8, 8], gen), randn([8, 3, 8, 8], gen)];
   mecStep(model, opt, x1, x2, settings(0)); // creates gradients and momentum buffers
   const before = memoryStats();
-  const allocated = device("cpu").memory().allocated;
+  const allocated = device().memory().allocated;
   for (let i = 1; i <= 20; i++) {
     scope(() => mecStep(model, opt, x1, x2, settings(i)));
   }
   // Gradients are replaced each step, not added to: the counts stay put.
   assert.deepEqual(memoryStats(), before);
-  assert.equal(device("cpu").memory().allocated, allocated);
+  assert.equal(device().memory().allocated, allocated);
   model.dispose();
 });

@@ -14,6 +14,7 @@ import {
 import { assert, assertThrows } from "./assert.ts";
 import { assertClose, randomValues } from "./check.ts";
 import { batchNormRef } from "./reference.ts";
+import "./device.ts";
 
 const gen = new Generator(31);
 

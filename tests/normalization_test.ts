@@ -9,6 +9,7 @@ import {
 import { assertThrows } from "./assert.ts";
 import { assertClose, checkGradients, randomValues } from "./check.ts";
 import { batchNormRef, normalizeRef } from "./reference.ts";
+import "./device.ts";
 
 const gen = new Generator(3);
 

@@ -1,8 +1,9 @@
 import { device } from "../mod.ts";
 import { assertClose } from "./check.ts";
 import type { SgdStep } from "../nn/backend.ts";
+import "./device.ts";
 
-const backend = device("cpu");
+const backend = device();
 
 function buffer(values: number[]) {
   const b = backend.alloc(values.length);

@@ -3,6 +3,7 @@ import { Linear } from "../nn/layers.ts";
 import { LARS, SGD } from "../nn/optim.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { assertClose } from "./check.ts";
+import "./device.ts";
 
 /** A quadratic loss sum(w * c) whose gradient is c, chosen per step. */
 function stepWith(opt: SGD, w: ReturnType<typeof tensor>, c: number[]) {

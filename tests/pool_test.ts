@@ -2,6 +2,7 @@ import { Generator, globalAvgPool2d, maxPool2d, zeros } from "../mod.ts";
 import { assertThrows } from "./assert.ts";
 import { checkGradients, randomValues } from "./check.ts";
 import { maxPoolRef } from "./reference.ts";
+import "./device.ts";
 
 const gen = new Generator(4);
 

@@ -1,5 +1,6 @@
 import { Generator, randn } from "../mod.ts";
 import { assert, assertThrows } from "./assert.ts";
+import "./device.ts";
 
 Deno.test("Generator gives the same stream for the same seed and keys, another for others", () => {
   const draw = (g: Generator) =>

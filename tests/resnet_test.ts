@@ -12,6 +12,7 @@ import {
 import { assert } from "./assert.ts";
 import { assertClose, randomValues } from "./check.ts";
 import { batchNormRef, conv2dRef, matmulRef, maxPoolRef } from "./reference.ts";
+import "./device.ts";
 
 // Counts and key totals from torchvision (1000 classes).
 const expected = [

@@ -3,6 +3,7 @@ import {
   batchNorm,
   conv2d,
   crossEntropy,
+  defaultDevice,
   device,
   Generator,
   globalAvgPool2d,
@@ -15,15 +16,19 @@ import {
   noGrad,
   normalize,
   ones,
+  parseDeviceName,
   randn,
   relu,
   scope,
+  setDefaultDevice,
   sum,
   type Tensor,
   tensor,
+  useDevice,
   zeros,
 } from "../mod.ts";
 import { assert, assertThrows } from "./assert.ts";
+import { testDevice } from "./device.ts";
 
 Deno.test("reshape() and flatten() are views that share storage and infer -1", () => {
   const x = tensor([1, 2, 3, 4, 5, 6], [2, 3]);
@@ -87,18 +92,45 @@ Deno.test("backward() of a non-scalar needs a gradient; noGrad() records nothing
 Deno.test("item(), toArray() and toString() describe the tensor", () => {
   const s = sum(tensor([1.5, 2.5]));
   assert.equal(s.item(), 4);
-  assert.equal(s.device, "cpu");
+  assert.equal(s.device, testDevice);
   assertThrows(() => tensor([1, 2]).item(), /item: the tensor has 2 elements/);
   assert.equal(
     String(zeros([2, 3], { requiresGrad: true })),
-    "Tensor([2, 3], cpu, requiresGrad)",
+    `Tensor([2, 3], ${testDevice}, requiresGrad)`,
   );
   assertThrows(
     () => tensor([1, 2, 3], [2, 2]),
     /tensor: 3 values do not fill shape \[2, 2\]/,
   );
   assertThrows(() => zeros([2, -1]), /invalid shape \[2, -1\]/);
-  assertThrows(() => device("tpu"), /unknown device "tpu"/);
+});
+
+Deno.test("useDevice() opens a device once, normalises its name and rejects unknown names", async () => {
+  const [a, b] = await Promise.all([
+    useDevice(testDevice),
+    useDevice(testDevice),
+  ]);
+  assert.equal(a, b);
+  assert.equal(a, device(testDevice));
+  assert.equal(a, device());
+  assert.equal(a.name, testDevice);
+  assert.equal(defaultDevice(), testDevice);
+  assert.deepEqual(parseDeviceName("cuda"), { name: "cuda:0", kind: "cuda" });
+  assert.deepEqual(parseDeviceName("cuda:3"), { name: "cuda:3", kind: "cuda" });
+  await assert.rejects(useDevice("tpu"), (e: Error) => {
+    assert.equal(
+      e.message,
+      'unknown device "tpu"; valid names are "cpu", "cuda" (the same as "cuda:0") and "cuda:N"',
+    );
+    return true;
+  });
+  assertThrows(() => device("gpu"), /unknown device "gpu"; valid names are/);
+  assertThrows(
+    () => device("cuda:7"),
+    /^device "cuda:7" is not loaded; call await useDevice\("cuda:7"\) first$/,
+  );
+  assertThrows(() => setDefaultDevice("cuda:7"), /is not loaded/);
+  assert.equal(defaultDevice(), testDevice);
 });
 
 Deno.test("dispose() frees the storage once the last view goes; use after dispose throws", () => {
@@ -182,10 +214,10 @@ Deno.test("live tensors and bytes are the same before and after 20 training step
     });
   step(); // the first step creates the gradients, which persist
   const before = memoryStats();
-  const allocated = device("cpu").memory().allocated;
+  const allocated = device().memory().allocated;
   const losses = [];
   for (let i = 0; i < 20; i++) losses.push(step());
   assert.deepEqual(memoryStats(), before);
-  assert.equal(device("cpu").memory().allocated, allocated);
+  assert.equal(device().memory().allocated, allocated);
   assert.ok(losses.every(Number.isFinite));
 });

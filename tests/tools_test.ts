@@ -17,6 +17,7 @@ import {
 } from "../mod.ts";
 import { assertFrozen, snapshotState } from "../tools/probe.ts";
 import { assert, assertThrows } from "./assert.ts";
+import { testDevice } from "./device.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
@@ -68,7 +69,15 @@ interface Run {
 
 async function tool(name: "pretrain" | "lincls", args: string[]): Promise<Run> {
   const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, `tools/${name}.ts`, ...args],
+    // The device under test first: a case's own --device comes later and wins.
+    args: [
+      "run",
+      ...PERMISSIONS,
+      `tools/${name}.ts`,
+      "--device",
+      testDevice,
+      ...args,
+    ],
     cwd: ROOT,
     // The default convolutions (oneDNN where installed): resumed runs must
     // match uninterrupted ones with what users get.
@@ -318,11 +327,20 @@ Deno.test("bad inputs get one sentence and a non-zero exit, never a stack trace"
       /^The checkpoint .* does not fit a MEC model with a resnet18 \(width 8, small stem\) backbone.*: its encoder\.conv1\.weight has shape/,
     ],
     [
-      "cuda",
+      "bad device",
       "pretrain",
-      ["--device", "cuda:0"],
+      ["--device", "tpu"],
       2,
-      /^CUDA is not available in this build of deno-mec .*; use --device cpu\.$/,
+      /^--device must be cpu, cuda or cuda:N, not "tpu"\.$/,
+    ],
+    [
+      // No machine has a 100th GPU: the CUDA plug-in says why, in its words
+      // (no driver, or no such GPU).
+      "unusable device",
+      "pretrain",
+      ["--device", "cuda:99"],
+      1,
+      /^\S.*\.$/,
     ],
     [
       "no backbone",
@@ -382,6 +400,8 @@ Deno.test("Ctrl-C finishes the step, saves a resumable checkpoint and exits 130"
       "run",
       ...PERMISSIONS,
       "tools/pretrain.ts",
+      "--device",
+      testDevice,
       data,
       ...TINY,
       "--epochs",

@@ -8,8 +8,7 @@
  */
 
 import { parseArgs } from "node:util";
-// The CPU backend registers itself as device "cpu" on import.
-import "../cpu/mod.ts";
+import { parseDeviceName } from "../nn/device.ts";
 
 /** Bad command-line input: exit code 2, as getopt-style tools use. */
 export class UsageError extends Error {}
@@ -225,19 +224,18 @@ function parseArgsMessage(e: unknown): string {
 }
 
 /**
- * The device for `--device`: "cpu", or "cuda" / "cuda:N", which this build
- * cannot serve yet (the CUDA backend is a later piece of work).
+ * The device name of `--device`, validated and normalised: "cpu", or
+ * "cuda:N" for "cuda" (N = 0) or "cuda:N". Whether the device can be used
+ * is for `useDevice` to find out.
  */
 export function chooseDevice(name: string): string {
-  if (name === "cpu") return "cpu";
-  if (/^cuda(:\d+)?$/.test(name)) {
+  try {
+    return parseDeviceName(name).name;
+  } catch {
     throw new UsageError(
-      `CUDA is not available in this build of deno-mec (its CUDA backend is not written yet); use --device cpu.`,
+      `--device must be cpu, cuda or cuda:N, not "${name}".`,
     );
   }
-  throw new UsageError(
-    `--device must be cpu or cuda[:N], not "${name}".`,
-  );
 }
 
 function firstLine(text: string): string {

@@ -30,7 +30,6 @@ import {
   crossEntropy,
   DataLoader,
   type Dataset,
-  device,
   fashionMnist,
   Generator,
   imageFolder,
@@ -49,6 +48,7 @@ import {
   SGD,
   type Tensor,
   tensor,
+  useDevice,
 } from "../mod.ts";
 import {
   chooseDevice,
@@ -324,8 +324,6 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   const data = command.data;
   const demo = data === null;
   const deviceName = chooseDevice((given.device as string) ?? "cpu");
-  setDefaultDevice(deviceName);
-  const backend = device(deviceName);
   if (given.evaluate && given.resume === undefined) {
     throw new UsageError(
       "--evaluate needs the probe checkpoint to evaluate, given by --resume PATH.",
@@ -338,6 +336,9 @@ export async function lincls(argv: readonly string[]): Promise<number> {
       "Give only one of --pretrained, --random-init and --raw-pixels.",
     );
   }
+  // After the usage checks: a device that cannot be used is a failure (1).
+  const backend = await useDevice(deviceName);
+  setDefaultDevice(deviceName);
 
   // The probe checkpoint (to resume or evaluate) carries the whole network
   // and the flags it was made with.

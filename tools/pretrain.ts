@@ -24,7 +24,6 @@ import {
   cosineSchedule,
   DataLoader,
   type Dataset,
-  device,
   DummyDataset,
   fashionMnist,
   formatEpochSummary,
@@ -40,6 +39,7 @@ import {
   scope,
   setDefaultDevice,
   SGD,
+  useDevice,
 } from "../mod.ts";
 import {
   chooseDevice,
@@ -370,13 +370,14 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     ...given,
   } as PretrainArgs;
   const deviceName = chooseDevice(args.device);
-  setDefaultDevice(deviceName);
-  const backend = device(deviceName);
   if (args.warmupEpochs > args.epochs) {
     throw new UsageError(
       `--warmup-epochs (${args.warmupEpochs}) cannot exceed --epochs (${args.epochs}).`,
     );
   }
+  // After the usage checks: a device that cannot be used is a failure (1).
+  const backend = await useDevice(deviceName);
+  setDefaultDevice(deviceName);
 
   if (demo) {
     console.log(
