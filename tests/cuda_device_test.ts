@@ -1,0 +1,109 @@
+/**
+ * The "cuda" device plug-in as users meet it without a GPU, and the promise
+ * that a CPU run never opens an NVIDIA library.
+ */
+
+import { useDevice } from "../mod.ts";
+import { assert } from "./assert.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+function hasDriver(): boolean {
+  try {
+    Deno.dlopen("libcuda.so.1", {}).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const driver = hasDriver();
+const NO_DRIVER =
+  /^No NVIDIA driver is installed: libcuda\.so\.1, which comes with the driver \(not with pip or a CUDA toolkit\), was not found in .*\.$/;
+
+Deno.test({
+  name: 'useDevice("cuda") without a driver rejects with one sentence',
+  ignore: driver,
+  async fn() {
+    let caught: unknown;
+    try {
+      await useDevice("cuda");
+    } catch (e) {
+      caught = e;
+    }
+    assert.ok(caught instanceof Error);
+    assert.equal(caught.message.split("\n").length, 1);
+    assert.match(caught.message, NO_DRIVER);
+  },
+});
+
+for (const tool of ["pretrain", "lincls"]) {
+  Deno.test({
+    name:
+      `${tool} --device cuda without a driver exits 1 with that sentence and no stack trace`,
+    ignore: driver,
+    async fn() {
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--allow-read",
+          "--allow-write",
+          "--allow-ffi",
+          "--allow-env",
+          `tools/${tool}.ts`,
+          "--device",
+          "cuda",
+          ...(tool === "lincls"
+            ? ["--raw-pixels"]
+            : ["--dummy", "--max-iters", "1"]),
+        ],
+        cwd: ROOT,
+        env: { NO_COLOR: "1" },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const stderr = new TextDecoder().decode(out.stderr).trim();
+      assert.equal(out.code, 1, stderr);
+      assert.equal(stderr.split("\n").length, 1, stderr);
+      assert.match(stderr, NO_DRIVER);
+    },
+  });
+}
+
+Deno.test("a CPU training step opens no NVIDIA library, even with MEC_CUDA_LIBS set", async () => {
+  const code = `
+    import { crossEntropy, Generator, randn, resnet18, scope, SGD, setDefaultDevice, useDevice } from "${ROOT}mod.ts";
+    await useDevice("cpu");
+    setDefaultDevice("cpu");
+    const gen = new Generator(0);
+    const net = resnet18({ numClasses: 4, smallStem: true, width: 4, gen });
+    const opt = new SGD(net.parameters(), { lr: 0.1, momentum: 0.9 });
+    scope(() => {
+      const loss = crossEntropy(net.forward(randn([2, 3, 16, 16], gen)), [0, 1]);
+      loss.backward();
+      opt.step();
+      return loss.item();
+    });
+    const maps = Deno.readTextFileSync("/proc/self/maps").split("\\n");
+    const libs = [...new Set(maps.map((l) => l.split(/\\s+/)[5] ?? "").filter((p) => p.includes(".so")))];
+    console.log(JSON.stringify(libs));
+  `;
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--config", `${ROOT}deno.json`, code],
+    cwd: ROOT,
+    env: {
+      MEC_CUDA_LIBS: Deno.env.get("MEC_CUDA_LIBS") ?? "/usr/local/cuda/lib64",
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stdout = new TextDecoder().decode(r.stdout);
+  assert.equal(r.code, 0, new TextDecoder().decode(r.stderr));
+  const libs: string[] = JSON.parse(stdout.trim().split("\n").pop()!);
+  // The check sees the libraries a CPU run does open.
+  assert.ok(libs.some((l) => /libopenblas/.test(l)), libs.join(" "));
+  const nvidia = libs.filter((l) =>
+    /lib(cuda|cudart|cublas|cublasLt|cudnn|nvrtc|nccl)[._-]/.test(l)
+  );
+  assert.deepEqual(nvidia, []);
+});
