@@ -37,6 +37,27 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "with a driver, a GPU past the last one is named in one sentence",
+  ignore: !driver,
+  async fn() {
+    const rejects = async (name: string, pattern: RegExp) => {
+      let caught: unknown;
+      try {
+        await useDevice(name);
+      } catch (e) {
+        caught = e;
+      }
+      assert.ok(caught instanceof Error, name);
+      assert.match(caught.message, pattern);
+    };
+    await rejects(
+      "cuda:99",
+      /^cuda:99 does not exist: this machine has \d+ GPUs? \(cuda:0|^The NVIDIA driver/,
+    );
+  },
+});
+
 for (const tool of ["pretrain", "lincls"]) {
   Deno.test({
     name:

@@ -87,12 +87,12 @@ export const gccFound: boolean = (() => {
   }
 })();
 
-let noted = false;
+const noted = new Set<string>();
 
-/** Prints, once per process, why the CUDA library checks were skipped. */
+/** Prints, once per group of checks, why they were skipped. */
 export function noteSkipped(what: string, why: string): void {
-  if (noted) return;
-  noted = true;
+  if (noted.has(what)) return;
+  noted.add(what);
   console.log(`CUDA checks skipped (${what}): ${why}`);
 }
 
