@@ -128,3 +128,50 @@ Deno.test("a CPU training step opens no NVIDIA library, even with MEC_CUDA_LIBS 
   );
   assert.deepEqual(nvidia, []);
 });
+
+async function cudaInfo(
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["task", "--quiet", "cuda-info", ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+Deno.test("deno task cuda-info reports every library and why no GPU can be used, and exits 0", async () => {
+  const r = await cudaInfo([]);
+  assert.equal(r.code, 0, r.stderr);
+  for (const title of ["CUDA driver", "cuBLAS", "cuDNN", "NVRTC", "NCCL"]) {
+    assert.match(
+      r.stdout,
+      new RegExp(`^  ${title} +(\\d|not usable: )`, "m"),
+      title,
+    );
+  }
+  assert.match(
+    r.stdout,
+    /^GPUs\n {2}(none: .+\.|cuda:0 {2}.+ GiB {2}compute capability \d+\.\d+)$/m,
+  );
+  const json = JSON.parse((await cudaInfo(["--json"])).stdout);
+  assert.equal(json.libraries.length, 5);
+  for (const lib of json.libraries) {
+    // Each library is either found, with a path and a version, or explained.
+    assert.ok(
+      (lib.path !== null && lib.version !== null) !== (lib.error !== null),
+      lib.id,
+    );
+  }
+  if (Deno.env.get("MEC_CUDA_LIBS") && !driver) {
+    assert.match(r.stdout, /^ {2}cuDNN +9\.\d+\.\d+ {2}\/.*libcudnn\.so\.9$/m);
+    assert.equal(json.gpus.length, 0);
+    assert.match(json.gpuError, /^No NVIDIA driver is installed/);
+  }
+  const bad = await cudaInfo(["--verbose"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr.trim(), /^Unknown argument --verbose; see --help\.$/);
+});
