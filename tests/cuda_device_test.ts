@@ -67,6 +67,7 @@ for (const tool of ["pretrain", "lincls"]) {
       const out = await new Deno.Command(Deno.execPath(), {
         args: [
           "run",
+          "--quiet", // Deno's own download lines are not the tool's output
           "--allow-read",
           "--allow-write",
           "--allow-ffi",

@@ -70,6 +70,29 @@ Deno.test("MEC_CUDA_LIBS comes first, then the pip wheels of a venv, then the CU
   }
 });
 
+Deno.test("the wheels of each python3 on PATH are found, as PyTorch's pip install puts them", () => {
+  const root = Deno.makeTempDirSync();
+  const path = Deno.env.get("PATH");
+  try {
+    touch(`${root}/py/bin/python3`);
+    touch(
+      `${root}/py/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9`,
+    );
+    Deno.env.set("PATH", `${root}/py/bin:${path}`);
+    withEnv({}, () => {
+      const where = locate("cudnn");
+      assert.equal(
+        where.path,
+        `${root}/py/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9`,
+      );
+      assert.equal(where.searched[0].origin, "pip wheel");
+    });
+  } finally {
+    if (path !== undefined) Deno.env.set("PATH", path);
+    Deno.removeSync(root, { recursive: true });
+  }
+});
+
 Deno.test("the first folder holding a library wins, and the newer soname within a folder", () => {
   const root = Deno.makeTempDirSync();
   try {
