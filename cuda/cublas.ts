@@ -14,7 +14,7 @@
  * @module
  */
 
-import { openLibrary } from "./find.ts";
+import { lazyLibrary, type Opened } from "./find.ts";
 import { checker, out, pointer, pointerOut, readCString } from "./ffi.ts";
 
 export const CUBLAS_SYMBOLS = {
@@ -136,22 +136,13 @@ export const TF32_TENSOR_OP_MATH = 3;
 /** `cublasPointerMode_t`: scalars (alpha, beta, results) in host memory. */
 export const POINTER_MODE_HOST = 0;
 
-type Symbols = Deno.DynamicLibrary<typeof CUBLAS_SYMBOLS>["symbols"];
-
-let lib: { symbols: Symbols; path: string } | null = null;
-
 /** cuBLAS, opened on first use; throws one sentence if it is missing. */
-export function cublasLibrary(): { symbols: Symbols; path: string } {
-  if (lib === null) {
-    const { library, path } = openLibrary("cublas", CUBLAS_SYMBOLS);
-    lib = { symbols: library.symbols, path };
-  }
-  return lib;
-}
+export const cublasLibrary: () => Opened<typeof CUBLAS_SYMBOLS> = lazyLibrary(
+  "cublas",
+  CUBLAS_SYMBOLS,
+);
 
-function sym(): Symbols {
-  return cublasLibrary().symbols;
-}
+const sym = () => cublasLibrary().symbols;
 
 /** `CUBLAS_STATUS_X (description)`, from cuBLAS itself. */
 export function cublasStatusString(status: number): string {

@@ -18,7 +18,7 @@
  * @module
  */
 
-import { openLibrary } from "./find.ts";
+import { lazyLibrary, type Opened } from "./find.ts";
 import {
   bufferString,
   checker,
@@ -389,22 +389,13 @@ export const REDUCE_NO_INDICES = 0;
 export const INDICES_32BIT = 0;
 export const DETERMINISTIC = 1;
 
-type Symbols = Deno.DynamicLibrary<typeof CUDNN_SYMBOLS>["symbols"];
-
-let lib: { symbols: Symbols; path: string } | null = null;
-
 /** cuDNN, opened on first use; throws one sentence if it is missing. */
-export function cudnnLibrary(): { symbols: Symbols; path: string } {
-  if (lib === null) {
-    const { library, path } = openLibrary("cudnn", CUDNN_SYMBOLS);
-    lib = { symbols: library.symbols, path };
-  }
-  return lib;
-}
+export const cudnnLibrary: () => Opened<typeof CUDNN_SYMBOLS> = lazyLibrary(
+  "cudnn",
+  CUDNN_SYMBOLS,
+);
 
-function sym(): Symbols {
-  return cudnnLibrary().symbols;
-}
+const sym = () => cudnnLibrary().symbols;
 
 /**
  * `CUDNN_STATUS_X`, and cuDNN's last error message, which names the check
@@ -453,15 +444,43 @@ function ints(n: number): Int32Array<ArrayBuffer>[] {
   return Array.from({ length: n }, () => out.i32());
 }
 
-/** A float32 tensor descriptor. */
-export class TensorDescriptor {
-  readonly handle: Deno.PointerValue;
+/** The kinds of descriptor, as their create and destroy calls name them. */
+type DescriptorKind =
+  | "Tensor"
+  | "Filter"
+  | "Convolution"
+  | "Pooling"
+  | "Activation"
+  | "OpTensor"
+  | "ReduceTensor";
 
-  constructor() {
+/** A cuDNN descriptor: created with the object, freed by dispose or `using`. */
+class Descriptor {
+  readonly handle: Deno.PointerValue;
+  readonly #kind: DescriptorKind;
+
+  constructor(kind: DescriptorKind) {
+    this.#kind = kind;
     this.handle = create(
-      (o) => sym().cudnnCreateTensorDescriptor(o),
-      "cudnnCreateTensorDescriptor",
+      (o) => sym()[`cudnnCreate${kind}Descriptor`](o),
+      `cudnnCreate${kind}Descriptor`,
     );
+  }
+
+  dispose(): void {
+    const destroy = `cudnnDestroy${this.#kind}Descriptor` as const;
+    check(sym()[destroy](this.handle), destroy);
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** A float32 tensor descriptor. */
+export class TensorDescriptor extends Descriptor {
+  constructor() {
+    super("Tensor");
   }
 
   /** A contiguous NCHW tensor. */
@@ -556,28 +575,12 @@ export class TensorDescriptor {
     );
     return Number(v[0]);
   }
-
-  dispose(): void {
-    check(
-      sym().cudnnDestroyTensorDescriptor(this.handle),
-      "cudnnDestroyTensorDescriptor",
-    );
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
 /** A float32 KCRS filter descriptor. */
-export class FilterDescriptor {
-  readonly handle: Deno.PointerValue;
-
+export class FilterDescriptor extends Descriptor {
   constructor(k: number, c: number, r: number, s: number) {
-    this.handle = create(
-      (o) => sym().cudnnCreateFilterDescriptor(o),
-      "cudnnCreateFilterDescriptor",
-    );
+    super("Filter");
     check(
       // The filter setter takes dataType before format; the tensor one after.
       sym().cudnnSetFilter4dDescriptor(
@@ -619,28 +622,12 @@ export class FilterDescriptor {
     );
     return Number(v[0]);
   }
-
-  dispose(): void {
-    check(
-      sym().cudnnDestroyFilterDescriptor(this.handle),
-      "cudnnDestroyFilterDescriptor",
-    );
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
 /** A 2-D cross-correlation (dilation 1), float32 accumulation. */
-export class ConvolutionDescriptor {
-  readonly handle: Deno.PointerValue;
-
+export class ConvolutionDescriptor extends Descriptor {
   constructor(padH: number, padW: number, strideH: number, strideW: number) {
-    this.handle = create(
-      (o) => sym().cudnnCreateConvolutionDescriptor(o),
-      "cudnnCreateConvolutionDescriptor",
-    );
+    super("Convolution");
     check(
       sym().cudnnSetConvolution2dDescriptor(
         this.handle,
@@ -738,23 +725,10 @@ export class ConvolutionDescriptor {
     );
     return v.map((a) => a[0]);
   }
-
-  dispose(): void {
-    check(
-      sym().cudnnDestroyConvolutionDescriptor(this.handle),
-      "cudnnDestroyConvolutionDescriptor",
-    );
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
 /** A 2-D max pooling window (padding counts as -infinity). */
-export class PoolingDescriptor {
-  readonly handle: Deno.PointerValue;
-
+export class PoolingDescriptor extends Descriptor {
   constructor(
     kh: number,
     kw: number,
@@ -764,10 +738,7 @@ export class PoolingDescriptor {
     strideW: number,
     mode = POOLING_MAX,
   ) {
-    this.handle = create(
-      (o) => sym().cudnnCreatePoolingDescriptor(o),
-      "cudnnCreatePoolingDescriptor",
-    );
+    super("Pooling");
     check(
       sym().cudnnSetPooling2dDescriptor(
         this.handle,
@@ -830,28 +801,12 @@ export class PoolingDescriptor {
     );
     return v.map((a) => a[0]);
   }
-
-  dispose(): void {
-    check(
-      sym().cudnnDestroyPoolingDescriptor(this.handle),
-      "cudnnDestroyPoolingDescriptor",
-    );
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
 /** An activation function (ReLU unless told otherwise). */
-export class ActivationDescriptor {
-  readonly handle: Deno.PointerValue;
-
+export class ActivationDescriptor extends Descriptor {
   constructor(mode = ACTIVATION_RELU, coef = 0) {
-    this.handle = create(
-      (o) => sym().cudnnCreateActivationDescriptor(o),
-      "cudnnCreateActivationDescriptor",
-    );
+    super("Activation");
     check(
       sym().cudnnSetActivationDescriptor(
         this.handle,
@@ -873,28 +828,12 @@ export class ActivationDescriptor {
     );
     return { mode: mode[0], nanPropagation: nan[0], coef: coef[0] };
   }
-
-  dispose(): void {
-    check(
-      sym().cudnnDestroyActivationDescriptor(this.handle),
-      "cudnnDestroyActivationDescriptor",
-    );
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
 /** A binary elementwise operation of cudnnOpTensor, float32 compute. */
-export class OpTensorDescriptor {
-  readonly handle: Deno.PointerValue;
-
+export class OpTensorDescriptor extends Descriptor {
   constructor(op: number) {
-    this.handle = create(
-      (o) => sym().cudnnCreateOpTensorDescriptor(o),
-      "cudnnCreateOpTensorDescriptor",
-    );
+    super("OpTensor");
     check(
       sym().cudnnSetOpTensorDescriptor(
         this.handle,
@@ -915,28 +854,12 @@ export class OpTensorDescriptor {
     const [op, computeType, nanPropagation] = v.map((a) => a[0]);
     return { op, computeType, nanPropagation };
   }
-
-  dispose(): void {
-    check(
-      sym().cudnnDestroyOpTensorDescriptor(this.handle),
-      "cudnnDestroyOpTensorDescriptor",
-    );
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
 }
 
 /** A reduction (sum unless told otherwise), float32, no indices. */
-export class ReduceTensorDescriptor {
-  readonly handle: Deno.PointerValue;
-
+export class ReduceTensorDescriptor extends Descriptor {
   constructor(op = REDUCE_ADD) {
-    this.handle = create(
-      (o) => sym().cudnnCreateReduceTensorDescriptor(o),
-      "cudnnCreateReduceTensorDescriptor",
-    );
+    super("ReduceTensor");
     check(
       sym().cudnnSetReduceTensorDescriptor(
         this.handle,
@@ -973,17 +896,6 @@ export class ReduceTensorDescriptor {
       a[0]
     );
     return { op, computeType, nanPropagation, indices, indicesType };
-  }
-
-  dispose(): void {
-    check(
-      sym().cudnnDestroyReduceTensorDescriptor(this.handle),
-      "cudnnDestroyReduceTensorDescriptor",
-    );
-  }
-
-  [Symbol.dispose](): void {
-    this.dispose();
   }
 }
 

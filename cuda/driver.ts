@@ -14,7 +14,7 @@
  * @module
  */
 
-import { openLibrary } from "./find.ts";
+import { lazyLibrary, type Opened } from "./find.ts";
 import {
   addressOf,
   bufferString,
@@ -137,22 +137,13 @@ export const EVENT_DISABLE_TIMING = 2;
 /** `CUfunction_attribute` for kernels that need over 48 KiB of shared memory. */
 export const FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8;
 
-type Symbols = Deno.DynamicLibrary<typeof DRIVER_SYMBOLS>["symbols"];
-
-let lib: { symbols: Symbols; path: string } | null = null;
-
 /** The driver library, opened on first use; throws one sentence if absent. */
-export function driverLibrary(): { symbols: Symbols; path: string } {
-  if (lib === null) {
-    const { library, path } = openLibrary("driver", DRIVER_SYMBOLS);
-    lib = { symbols: library.symbols, path };
-  }
-  return lib;
-}
+export const driverLibrary: () => Opened<typeof DRIVER_SYMBOLS> = lazyLibrary(
+  "driver",
+  DRIVER_SYMBOLS,
+);
 
-function sym(): Symbols {
-  return driverLibrary().symbols;
-}
+const sym = () => driverLibrary().symbols;
 
 /** `CUDA_ERROR_NAME: description`, from the driver itself. */
 export function driverStatusString(status: number): string {

@@ -194,6 +194,31 @@ export function openLibrary<S extends Deno.ForeignLibraryInterface>(
   return { library, path: where.path ?? target };
 }
 
+/** A library opened once, on first use: its symbols and the file's path. */
+export interface Opened<S extends Deno.ForeignLibraryInterface> {
+  symbols: Deno.DynamicLibrary<S>["symbols"];
+  path: string;
+}
+
+/**
+ * The getter each binding exports: it opens the library on its first call
+ * (throwing one sentence when the library is missing) and returns the same
+ * symbols after.
+ */
+export function lazyLibrary<S extends Deno.ForeignLibraryInterface>(
+  id: LibraryId,
+  symbols: S,
+): () => Opened<S> {
+  let opened: Opened<S> | null = null;
+  return () => {
+    if (opened === null) {
+      const { library, path } = openLibrary(id, symbols);
+      opened = { symbols: library.symbols, path };
+    }
+    return opened;
+  };
+}
+
 /**
  * Absolute paths to open before a library: NVRTC's builtins (same folder,
  * same major version) for NVRTC; cuBLASLt and NVRTC (with its builtins)

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { openLibrary } from "./find.ts";
+import { lazyLibrary, type Opened } from "./find.ts";
 import { checker, out, pointer, pointerOut, readCString } from "./ffi.ts";
 
 /** `ncclUniqueId`: `struct { char internal[128]; }`, alignment 1. */
@@ -82,22 +82,13 @@ export const FLOAT32 = 7;
 export const SUM = 0;
 export const AVG = 4;
 
-type Symbols = Deno.DynamicLibrary<typeof NCCL_SYMBOLS>["symbols"];
-
-let lib: { symbols: Symbols; path: string } | null = null;
-
 /** NCCL, opened on first use; throws one sentence if it is missing. */
-export function ncclLibrary(): { symbols: Symbols; path: string } {
-  if (lib === null) {
-    const { library, path } = openLibrary("nccl", NCCL_SYMBOLS);
-    lib = { symbols: library.symbols, path };
-  }
-  return lib;
-}
+export const ncclLibrary: () => Opened<typeof NCCL_SYMBOLS> = lazyLibrary(
+  "nccl",
+  NCCL_SYMBOLS,
+);
 
-function sym(): Symbols {
-  return ncclLibrary().symbols;
-}
+const sym = () => ncclLibrary().symbols;
 
 /** The status's name and NCCL's last error message, which says more. */
 export function ncclStatusString(status: number): string {

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { openLibrary } from "./find.ts";
+import { lazyLibrary, type Opened } from "./find.ts";
 import {
   addressOf,
   bufferString,
@@ -51,22 +51,13 @@ export const NVRTC_SYMBOLS = {
 /** `NVRTC_ERROR_COMPILATION`: the source has errors; the log says which. */
 export const NVRTC_ERROR_COMPILATION = 6;
 
-type Symbols = Deno.DynamicLibrary<typeof NVRTC_SYMBOLS>["symbols"];
-
-let lib: { symbols: Symbols; path: string } | null = null;
-
 /** NVRTC, opened on first use (builtins first); one sentence if missing. */
-export function nvrtcLibrary(): { symbols: Symbols; path: string } {
-  if (lib === null) {
-    const { library, path } = openLibrary("nvrtc", NVRTC_SYMBOLS);
-    lib = { symbols: library.symbols, path };
-  }
-  return lib;
-}
+export const nvrtcLibrary: () => Opened<typeof NVRTC_SYMBOLS> = lazyLibrary(
+  "nvrtc",
+  NVRTC_SYMBOLS,
+);
 
-function sym(): Symbols {
-  return nvrtcLibrary().symbols;
-}
+const sym = () => nvrtcLibrary().symbols;
 
 export function nvrtcStatusString(status: number): string {
   return readCString(sym().nvrtcGetErrorString(status));

@@ -5,17 +5,9 @@
 
 import { useDevice } from "../mod.ts";
 import { assert } from "./assert.ts";
+import { hasDriver } from "./cuda_env.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
-
-function hasDriver(): boolean {
-  try {
-    Deno.dlopen("libcuda.so.1", {}).close();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const driver = hasDriver();
 const NO_DRIVER =

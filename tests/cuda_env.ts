@@ -104,3 +104,13 @@ export function librariesMissing(): string | null {
     missing.join(", ")
   } not found; set MEC_CUDA_LIBS to the folders of NVIDIA's libraries (bash .ci/run does)`;
 }
+
+/** Whether an NVIDIA driver (libcuda.so.1) is on the loader's path. */
+export function hasDriver(): boolean {
+  try {
+    Deno.dlopen("libcuda.so.1", {}).close();
+    return true;
+  } catch {
+    return false;
+  }
+}

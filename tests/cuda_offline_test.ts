@@ -35,7 +35,12 @@ import { poolDesc } from "../nn/ops/pool.ts";
 import { Generator } from "../nn/random.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { assertClose, randomValues } from "./check.ts";
-import { includeFolders, librariesMissing, noteSkipped } from "./cuda_env.ts";
+import {
+  hasDriver,
+  includeFolders,
+  librariesMissing,
+  noteSkipped,
+} from "./cuda_env.ts";
 
 const missing = librariesMissing();
 if (missing) noteSkipped("NVIDIA libraries without a GPU", missing);
@@ -558,12 +563,3 @@ Deno.test({
     );
   },
 });
-
-function hasDriver(): boolean {
-  try {
-    Deno.dlopen("libcuda.so.1", {}).close();
-    return true;
-  } catch {
-    return false;
-  }
-}
