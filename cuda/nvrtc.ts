@@ -160,6 +160,7 @@ export function compile(source: string, opts: CompileOptions): Compiled {
     }
     return { ptx: bufferString(ptx), cubin, log, lowered };
   } finally {
+    // Unchecked: a failure to free the program must not hide a compile error.
     s.nvrtcDestroyProgram(progOut);
   }
 }
