@@ -222,8 +222,9 @@ export function lazyLibrary<S extends Deno.ForeignLibraryInterface>(
 /**
  * Absolute paths to open before a library: NVRTC's builtins (same folder,
  * same major version) for NVRTC; cuBLASLt and NVRTC (with its builtins)
- * for cuDNN, when they are found; cuBLASLt for cuBLAS where its folder has
- * no RUNPATH that would find it.
+ * for cuDNN, when they are found; the cuBLASLt beside cuBLAS, which a
+ * cuBLAS built without a RUNPATH of `$ORIGIN` would not find (the wheels'
+ * has one, so there it is only opened a little earlier).
  */
 export function preloads(where: Located): string[] {
   const out: string[] = [];
