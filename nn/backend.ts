@@ -430,10 +430,27 @@ export interface SoftmaxCrossEntropyBackwardArgs {
   cols: number;
 }
 
+/** Numerics settings a backend may offer (the CPU has none to set). */
+export interface BackendOptions {
+  /**
+   * TF32 tensor cores for float32 GEMM and convolutions (10-bit mantissa
+   * products). Off by default: exact float32, as PyTorch's matmul.
+   */
+  tf32?: boolean;
+  /**
+   * Deterministic algorithms only, chosen without timing, so that two runs
+   * compute the same bits (an exact `--resume`).
+   */
+  deterministic?: boolean;
+}
+
 /** The op list. */
 export interface Backend {
   /** "cpu" or "cuda:N". */
   readonly name: string;
+
+  /** Applies numerics settings; backends without such choices omit it. */
+  configure?(options: BackendOptions): void;
 
   // --- memory ---------------------------------------------------------------
   /** A buffer of `length` elements with undefined contents. */
