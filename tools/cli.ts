@@ -8,7 +8,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { parseDeviceName } from "../nn/device.ts";
+import type { Backend, BackendOptions } from "../nn/backend.ts";
+import { parseDeviceName, setDefaultDevice, useDevice } from "../nn/device.ts";
 
 /** Bad command-line input: exit code 2, as getopt-style tools use. */
 export class UsageError extends Error {}
@@ -63,6 +64,18 @@ export const SHARED_FLAGS = {
     kind: "string",
     meta: "DEV",
     help: "cpu or cuda[:N] (default cpu)",
+  },
+  tf32: {
+    name: "tf32",
+    kind: "bool",
+    help:
+      "TF32 tensor cores for GEMM and convolutions (CUDA; default exact float32)",
+  },
+  deterministic: {
+    name: "deterministic",
+    kind: "bool",
+    help:
+      "deterministic convolution algorithms, for a bit-exact --resume (CUDA)",
   },
 } as const satisfies Record<string, FlagSpec>;
 
@@ -236,6 +249,20 @@ export function chooseDevice(name: string): string {
       `--device must be cpu, cuda or cuda:N, not "${name}".`,
     );
   }
+}
+
+/**
+ * Opens the device (after the usage checks: a device that cannot be used is
+ * a failure, exit 1), makes it the default and applies the numerics flags.
+ */
+export async function openDevice(
+  name: string,
+  options: BackendOptions,
+): Promise<Backend> {
+  const backend = await useDevice(name);
+  setDefaultDevice(name);
+  backend.configure?.(options);
+  return backend;
 }
 
 function firstLine(text: string): string {

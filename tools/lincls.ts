@@ -44,11 +44,9 @@ import {
   saveCheckpoint,
   scope,
   type Sequential,
-  setDefaultDevice,
   SGD,
   type Tensor,
   tensor,
-  useDevice,
 } from "../mod.ts";
 import {
   chooseDevice,
@@ -56,6 +54,7 @@ import {
   EXIT,
   type FlagSpec,
   helpText,
+  openDevice,
   parseCommand,
   runMain,
   SHARED_FLAGS,
@@ -97,6 +96,8 @@ export interface LinclsArgs {
   evaluate: boolean;
   out: string;
   device: string;
+  tf32: boolean;
+  deterministic: boolean;
 }
 
 const ARCHS = Object.keys(resnets);
@@ -214,6 +215,8 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
     help: "folder for probe checkpoints and log.jsonl (default runs/lincls)",
   },
   SHARED_FLAGS.device,
+  SHARED_FLAGS.tf32,
+  SHARED_FLAGS.deterministic,
   { name: "help", short: "h", kind: "bool", help: "show this help" },
 ];
 
@@ -240,6 +243,8 @@ const FLAG_FIELDS: Record<string, keyof LinclsArgs> = {
   evaluate: "evaluate",
   out: "out",
   device: "device",
+  tf32: "tf32",
+  deterministic: "deterministic",
 };
 
 /** main_lincls.py's defaults with MEC's settings (DESIGN.md section 1). */
@@ -264,6 +269,8 @@ const OFFICIAL: Omit<LinclsArgs, "data" | "pretrained" | "resume"> = {
   evaluate: false,
   out: "runs/lincls",
   device: "cpu",
+  tf32: false,
+  deterministic: false,
 };
 
 const USAGE = "deno task lincls --pretrained CKPT [DATA_DIR] [flags]";
@@ -336,9 +343,10 @@ export async function lincls(argv: readonly string[]): Promise<number> {
       "Give only one of --pretrained, --random-init and --raw-pixels.",
     );
   }
-  // After the usage checks: a device that cannot be used is a failure (1).
-  const backend = await useDevice(deviceName);
-  setDefaultDevice(deviceName);
+  const backend = await openDevice(deviceName, {
+    tf32: (given.tf32 ?? false) as boolean,
+    deterministic: (given.deterministic ?? false) as boolean,
+  });
 
   // The probe checkpoint (to resume or evaluate) carries the whole network
   // and the flags it was made with.

@@ -37,9 +37,7 @@ import {
   resnets,
   saveCheckpoint,
   scope,
-  setDefaultDevice,
   SGD,
-  useDevice,
 } from "../mod.ts";
 import {
   chooseDevice,
@@ -48,6 +46,7 @@ import {
   type FlagSpec,
   helpText,
   Interrupt,
+  openDevice,
   parseCommand,
   runMain,
   SHARED_FLAGS,
@@ -81,6 +80,8 @@ export interface PretrainArgs {
   resume: string | null;
   out: string;
   device: string;
+  tf32: boolean;
+  deterministic: boolean;
   imageSize: number;
   smallStem: boolean;
   width: number;
@@ -195,6 +196,8 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     help: "folder for checkpoints and log.jsonl (default runs/pretrain)",
   },
   SHARED_FLAGS.device,
+  SHARED_FLAGS.tf32,
+  SHARED_FLAGS.deterministic,
   {
     name: "image-size",
     kind: "int",
@@ -247,6 +250,8 @@ const PAPER: Omit<PretrainArgs, "data" | "resume" | "maxIters"> = {
   printFreq: 10,
   out: "runs/pretrain",
   device: "cpu",
+  tf32: false,
+  deterministic: false,
   imageSize: 224,
   smallStem: false,
   width: 64,
@@ -304,6 +309,8 @@ const FLAG_FIELDS: Record<string, keyof PretrainArgs> = {
   resume: "resume",
   out: "out",
   device: "device",
+  tf32: "tf32",
+  deterministic: "deterministic",
   "image-size": "imageSize",
   "small-stem": "smallStem",
   width: "width",
@@ -375,9 +382,10 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
       `--warmup-epochs (${args.warmupEpochs}) cannot exceed --epochs (${args.epochs}).`,
     );
   }
-  // After the usage checks: a device that cannot be used is a failure (1).
-  const backend = await useDevice(deviceName);
-  setDefaultDevice(deviceName);
+  const backend = await openDevice(deviceName, {
+    tf32: args.tf32,
+    deterministic: args.deterministic,
+  });
 
   if (demo) {
     console.log(
