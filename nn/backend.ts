@@ -127,6 +127,8 @@ export interface MemoryInfo {
   allocated: number;
   /** Bytes held by the caching allocator for reuse. */
   cached: number;
+  /** The most bytes allocated at once so far, where the backend tracks it. */
+  peak?: number;
 }
 
 // --- the ops' arguments ------------------------------------------------------
