@@ -147,9 +147,11 @@ for (const name of CASES) {
   if (line) ours.set(name, JSON.parse(line));
   else {
     failed = true;
-    console.log(
-      `  ${name}: failed\n${r.output.split("\n").slice(-8).join("\n")}`,
+    const why = r.output.split("\n").filter((l) =>
+      l.trim() !== "" && !/^\s+at /.test(l)
     );
+    console.log(`  ${name}: failed${r.timedOut ? " (out of time)" : ""}`);
+    for (const l of why.slice(-6)) console.log(`    ${l.trim()}`);
   }
   if (haveTorch && secondsLeft() > 100) {
     const p = await run(
