@@ -28,12 +28,17 @@ export class CudaBuffer implements DataBuffer {
   }
 }
 
-/** The device address of element `offset` of a buffer of this backend. */
-export function addr(buffer: DataBuffer, offset = 0): bigint {
+/** The buffer as a CudaBuffer; a buffer of another device is a TypeError. */
+export function cudaBuffer(buffer: DataBuffer): CudaBuffer {
   if (!(buffer instanceof CudaBuffer)) {
     throw new TypeError(
       `the CUDA backend was given a buffer of device "${buffer.device}"`,
     );
   }
-  return buffer.block.address + BigInt(offset * 4);
+  return buffer;
+}
+
+/** The device address of element `offset` of a buffer of this backend. */
+export function addr(buffer: DataBuffer, offset = 0): bigint {
+  return cudaBuffer(buffer).block.address + BigInt(offset * 4);
 }

@@ -9,7 +9,10 @@
  */
 
 import type { Backend } from "../nn/backend.ts";
+import { CudaBackend } from "./backend.ts";
 import { deviceIndex, openGpu } from "./device.ts";
+
+export { CudaBackend } from "./backend.ts";
 
 export * as cublas from "./cublas.ts";
 export * as cudnn from "./cudnn.ts";
@@ -28,15 +31,10 @@ export { type GpuInfo, listGpus } from "./device.ts";
 export { type CudaReport, cudaReport, formatReport } from "./info.ts";
 
 /**
- * The device plug-in's entry point: opens GPU `name` ("cuda", "cuda:N"),
- * or throws one sentence saying why it cannot be used.
+ * The device plug-in's entry point: opens GPU `name` ("cuda", "cuda:N")
+ * with its libraries and kernels, or throws one sentence saying why it
+ * cannot be used.
  */
 export function openBackend(name: string): Backend {
-  const gpu = openGpu(deviceIndex(name));
-  const { name: model, capability } = gpu.info;
-  throw new Error(
-    `${name} (${model}, sm_${
-      capability.join("")
-    }) was found, but this version of deno-mec has no CUDA backend for its ops yet; use --device cpu.`,
-  );
+  return new CudaBackend(name, openGpu(deviceIndex(name)));
 }

@@ -1,0 +1,457 @@
+/**
+ * The CUDA backend: every op of nn/backend.ts on one GPU's memory.
+ *
+ * - memory: a caching allocator (cuda/allocator.ts) over `cuMemAlloc`, one
+ *   non-blocking stream for all work, pinned staging buffers for `write` and
+ *   `read` (cuda/staging.ts): the host touches device data only there;
+ * - GEMM on cuBLAS (row-major mapped onto column-major), exact float32
+ *   unless TF32 is asked for;
+ * - convolution, batch norm, ReLU and max pooling on cuDNN, one plan per
+ *   shape (cuda/conv.ts, cuda/descriptors.ts);
+ * - everything else in CUDA C kernels compiled by NVRTC (cuda/kernels/).
+ *
+ * No op synchronises with the host: only `read` and `synchronize` wait.
+ * Every op runs on the one stream, in the order it was called, so a buffer
+ * freed after its last use can be handed out again at once.
+ *
+ * @module
+ */
+
+import type {
+  ActivationBackwardArgs,
+  ActivationForwardArgs,
+  AddTensorArgs,
+  AxpbyArgs,
+  Backend,
+  BackendOptions,
+  BatchNormBackwardArgs,
+  BatchNormDesc,
+  BatchNormForwardInferenceArgs,
+  BatchNormForwardTrainingArgs,
+  ConvBackwardDataArgs,
+  ConvBackwardFilterArgs,
+  ConvForwardArgs,
+  CopyArgs,
+  DataBuffer,
+  DotArgs,
+  FillArgs,
+  GemmArgs,
+  L2NormalizeBackwardArgs,
+  L2NormalizeForwardArgs,
+  LarsAdaptArgs,
+  MemoryInfo,
+  OpTensorArgs,
+  PoolBackwardArgs,
+  PoolDesc,
+  PoolForwardArgs,
+  ReduceSumArgs,
+  ScaleShiftArgs,
+  SgdUpdateArgs,
+  SoftmaxCrossEntropyBackwardArgs,
+  SoftmaxCrossEntropyForwardArgs,
+  UnaryArgs,
+} from "../nn/backend.ts";
+import { CachingAllocator, driverMemory } from "./allocator.ts";
+import { addr, type Block, CudaBuffer, cudaBuffer } from "./buffer.ts";
+import { convKey, type ConvMode, ConvPlan, type Workspace } from "./conv.ts";
+import { CublasHandle } from "./cublas.ts";
+import {
+  ActivationDescriptor,
+  BATCHNORM_SPATIAL,
+  CudnnHandle,
+  type TensorDescriptor,
+} from "./cudnn.ts";
+import {
+  type BatchNormDescriptors,
+  batchNormDescriptors,
+  DescriptorCache,
+  flatDescriptor,
+  type PoolDescriptors,
+  poolDescriptors,
+} from "./descriptors.ts";
+import type { OpenedGpu } from "./device.ts";
+import * as cu from "./driver.ts";
+import { Kernels } from "./kernels/mod.ts";
+import { driverStaging, Staging } from "./staging.ts";
+
+/** Per-channel constants cuDNN's batch norm needs where nn passes null. */
+interface ChannelConstants {
+  ones: CudaBuffer;
+  zeros: CudaBuffer;
+}
+
+export class CudaBackend implements Backend {
+  readonly name: string;
+  readonly gpu: OpenedGpu;
+  readonly stream: Deno.PointerValue;
+  readonly #allocator = new CachingAllocator(driverMemory());
+  readonly #staging: Staging;
+  readonly #blas: CublasHandle;
+  readonly #dnn: CudnnHandle;
+  readonly #kernels: Kernels;
+  readonly #relu = new ActivationDescriptor();
+  #mode: ConvMode = { deterministic: false, tf32: false };
+  readonly #convs = new DescriptorCache<ConvShape, ConvPlan>(
+    ({ d, mode }) => new ConvPlan(d, mode),
+    ({ d, mode }) => convKey(d, mode),
+  );
+  readonly #pools = new DescriptorCache<PoolDesc, PoolDescriptors>(
+    poolDescriptors,
+  );
+  readonly #norms = new DescriptorCache<BatchNormDesc, BatchNormDescriptors>(
+    batchNormDescriptors,
+    (d) => `${d.n},${d.c},${d.spatial}`,
+  );
+  readonly #flats = new DescriptorCache<number, TensorDescriptor>(
+    flatDescriptor,
+    String,
+  );
+  readonly #channels = new Map<number, ChannelConstants>();
+  /** Blocks lent as workspace and scratch, by address, until freed. */
+  readonly #lent = new Map<bigint, Block>();
+  readonly #workspace: Workspace = {
+    alloc: (bytes) => {
+      const block = this.#allocator.alloc(bytes);
+      this.#lent.set(block.address, block);
+      return block.address;
+    },
+    free: (address) => {
+      const block = this.#lent.get(address);
+      if (block === undefined) {
+        throw new Error(`workspace at ${address} was not lent`);
+      }
+      this.#lent.delete(address);
+      this.#allocator.free(block);
+    },
+  };
+
+  constructor(name: string, gpu: OpenedGpu) {
+    this.name = name;
+    this.gpu = gpu;
+    this.stream = cu.streamCreate(cu.STREAM_NON_BLOCKING);
+    this.#staging = new Staging(driverStaging(), this.stream);
+    this.#blas = new CublasHandle(this.stream);
+    this.#dnn = new CudnnHandle(this.stream);
+    this.#kernels = Kernels.load({
+      arch: `sm_${gpu.info.capability.join("")}`,
+      stream: this.stream,
+      scratch: this.#workspace,
+    });
+  }
+
+  /**
+   * TF32 for GEMM and convolutions (off: exact float32, PyTorch's default
+   * for matmul); deterministic convolution algorithms (on: two runs compute
+   * the same bits, so `--resume` is exact).
+   */
+  configure(options: BackendOptions): void {
+    const mode = {
+      tf32: options.tf32 ?? this.#mode.tf32,
+      deterministic: options.deterministic ?? this.#mode.deterministic,
+    };
+    this.#blas.setTf32(mode.tf32);
+    this.#mode = mode;
+  }
+
+  // --- memory ---------------------------------------------------------------
+
+  alloc(length: number): DataBuffer {
+    return new CudaBuffer(this.name, length, this.#allocator.alloc(length * 4));
+  }
+
+  free(buffer: DataBuffer): void {
+    this.#allocator.free(cudaBuffer(buffer).block);
+  }
+
+  write(buffer: DataBuffer, data: Float32Array, offset = 0): void {
+    this.#staging.write(addr(buffer, offset), data);
+  }
+
+  read(buffer: DataBuffer, offset = 0, length?: number): Float32Array {
+    return this.#staging.read(
+      addr(buffer, offset),
+      length ?? buffer.length - offset,
+    );
+  }
+
+  copy(a: CopyArgs): void {
+    if (a.length === 0) return;
+    cu.copyDeviceToDeviceAsync(
+      addr(a.dst, a.dstOffset),
+      addr(a.src, a.srcOffset),
+      a.length * 4,
+      this.stream,
+    );
+  }
+
+  fill(a: FillArgs): void {
+    this.#kernels.fill(a);
+  }
+
+  synchronize(): void {
+    cu.streamSynchronize(this.stream);
+  }
+
+  memory(): MemoryInfo {
+    const s = this.#allocator.stats();
+    return { allocated: s.allocated, cached: s.cached, peak: s.peakAllocated };
+  }
+
+  emptyCache(): void {
+    this.#allocator.emptyCache();
+  }
+
+  // --- BLAS -----------------------------------------------------------------
+
+  gemm(g: GemmArgs): void {
+    this.#blas.gemm(g, g.alpha, addr(g.a), addr(g.b), g.beta, addr(g.c));
+  }
+
+  dot(a: DotArgs): void {
+    this.#kernels.dot(a);
+  }
+
+  axpby(a: AxpbyArgs): void {
+    this.#kernels.axpby(a);
+  }
+
+  // --- convolution ------------------------------------------------------------
+
+  #conv(d: ConvForwardArgs["desc"]): ConvPlan {
+    return this.#convs.get({ d, mode: this.#mode });
+  }
+
+  /** Runs a cuDNN call with the workspace its algorithm needs. */
+  #withWorkspace(bytes: number, run: (ws: bigint) => void): void {
+    const ws = this.#workspace.alloc(bytes);
+    try {
+      run(ws);
+    } finally {
+      this.#workspace.free(ws);
+    }
+  }
+
+  conv2dForward(a: ConvForwardArgs): void {
+    const plan = this.#conv(a.desc);
+    const b = { x: addr(a.x), w: addr(a.w), y: addr(a.y) };
+    const p = plan.algorithm(this.#dnn, "forward", b, this.#workspace);
+    this.#withWorkspace(p.memory, (ws) =>
+      this.#dnn.convolutionForward(
+        plan.desc,
+        p.algo,
+        b.x,
+        b.w,
+        b.y,
+        ws,
+        p.memory,
+      ));
+  }
+
+  conv2dBackwardData(a: ConvBackwardDataArgs): void {
+    const plan = this.#conv(a.desc);
+    const b = { x: addr(a.dx), w: addr(a.w), y: addr(a.dy) };
+    const p = plan.algorithm(this.#dnn, "backwardData", b, this.#workspace);
+    this.#withWorkspace(p.memory, (ws) =>
+      this.#dnn.convolutionBackwardData(
+        plan.desc,
+        p.algo,
+        b.w,
+        b.y,
+        b.x,
+        ws,
+        p.memory,
+      ));
+  }
+
+  conv2dBackwardFilter(a: ConvBackwardFilterArgs): void {
+    const plan = this.#conv(a.desc);
+    const b = { x: addr(a.x), w: addr(a.dw), y: addr(a.dy) };
+    const p = plan.algorithm(this.#dnn, "backwardFilter", b, this.#workspace);
+    this.#withWorkspace(p.memory, (ws) =>
+      this.#dnn.convolutionBackwardFilter(
+        plan.desc,
+        p.algo,
+        b.x,
+        b.y,
+        b.w,
+        ws,
+        p.memory,
+      ));
+  }
+
+  // --- batch norm -------------------------------------------------------------
+
+  /** Ones and zeros per channel, for a non-affine norm (cuDNN needs both). */
+  #constants(c: number): ChannelConstants {
+    let k = this.#channels.get(c);
+    if (k === undefined) {
+      const ones = this.alloc(c) as CudaBuffer;
+      const zeros = this.alloc(c) as CudaBuffer;
+      this.fill({ y: ones, value: 1 });
+      this.fill({ y: zeros, value: 0 });
+      k = { ones, zeros };
+      this.#channels.set(c, k);
+    }
+    return k;
+  }
+
+  batchNormForwardTraining(a: BatchNormForwardTrainingArgs): void {
+    const d = this.#norms.get(a.desc);
+    const k = this.#constants(a.desc.c);
+    if ((a.runningMean === null) !== (a.runningVar === null)) {
+      throw new RangeError(
+        "batch norm: running mean and variance are updated together",
+      );
+    }
+    this.#dnn.batchNormForwardTraining(
+      BATCHNORM_SPATIAL,
+      d.x,
+      addr(a.x),
+      addr(a.y),
+      d.channels,
+      addr(a.scale ?? k.ones),
+      addr(a.bias ?? k.zeros),
+      // cuDNN's factor is the weight of the new statistic: PyTorch's momentum.
+      a.desc.momentum,
+      a.runningMean ? addr(a.runningMean) : 0n,
+      a.runningVar ? addr(a.runningVar) : 0n,
+      a.desc.eps,
+      addr(a.saveMean),
+      addr(a.saveInvStd),
+    );
+  }
+
+  batchNormForwardInference(a: BatchNormForwardInferenceArgs): void {
+    const d = this.#norms.get(a.desc);
+    const k = this.#constants(a.desc.c);
+    this.#dnn.batchNormForwardInference(
+      BATCHNORM_SPATIAL,
+      d.x,
+      addr(a.x),
+      addr(a.y),
+      d.channels,
+      addr(a.scale ?? k.ones),
+      addr(a.bias ?? k.zeros),
+      addr(a.estimatedMean),
+      addr(a.estimatedVariance),
+      a.desc.eps,
+    );
+  }
+
+  batchNormBackward(a: BatchNormBackwardArgs): void {
+    const d = this.#norms.get(a.desc);
+    const k = this.#constants(a.desc.c);
+    // cuDNN always writes both parameter gradients: scratch for skipped ones.
+    const scratch: CudaBuffer[] = [];
+    const out = (b: DataBuffer | null) => {
+      if (b) return addr(b);
+      const s = this.alloc(a.desc.c) as CudaBuffer;
+      scratch.push(s);
+      return s.address;
+    };
+    try {
+      this.#dnn.batchNormBackward(
+        BATCHNORM_SPATIAL,
+        d.x,
+        addr(a.x),
+        addr(a.dy),
+        addr(a.dx),
+        d.channels,
+        addr(a.scale ?? k.ones),
+        out(a.dScale),
+        out(a.dBias),
+        a.desc.eps,
+        addr(a.saveMean),
+        addr(a.saveInvStd),
+      );
+    } finally {
+      for (const s of scratch) this.free(s);
+    }
+  }
+
+  // --- activation and pooling -------------------------------------------------
+
+  reluForward(a: ActivationForwardArgs): void {
+    if (a.length === 0) return;
+    const d = this.#flats.get(a.length);
+    this.#dnn.activationForward(this.#relu, d, addr(a.x), addr(a.y));
+  }
+
+  reluBackward(a: ActivationBackwardArgs): void {
+    if (a.length === 0) return;
+    const d = this.#flats.get(a.length);
+    // ReLU's gradient depends only on the sign, the same in y as in x.
+    const y = addr(a.y);
+    this.#dnn.activationBackward(this.#relu, d, y, addr(a.dy), y, addr(a.dx));
+  }
+
+  maxPoolForward(a: PoolForwardArgs): void {
+    const d = this.#pools.get(a.desc);
+    this.#dnn.poolingForward(d.pool, d.x, addr(a.x), d.y, addr(a.y));
+  }
+
+  maxPoolBackward(a: PoolBackwardArgs): void {
+    const d = this.#pools.get(a.desc);
+    this.#dnn.poolingBackward(
+      d.pool,
+      d.y,
+      addr(a.y),
+      addr(a.dy),
+      d.x,
+      addr(a.x),
+      addr(a.dx),
+    );
+  }
+
+  // --- elementwise, reductions, optimisers, fused rows -------------------------
+
+  opTensor(a: OpTensorArgs): void {
+    this.#kernels.opTensor(a);
+  }
+
+  addTensor(a: AddTensorArgs): void {
+    this.#kernels.addTensor(a);
+  }
+
+  reduceSum(a: ReduceSumArgs): void {
+    this.#kernels.reduceSum(a);
+  }
+
+  scaleShift(a: ScaleShiftArgs): void {
+    this.#kernels.scaleShift(a);
+  }
+
+  unary(a: UnaryArgs): void {
+    this.#kernels.unary(a);
+  }
+
+  sgdUpdate(a: SgdUpdateArgs): void {
+    this.#kernels.sgdUpdate(a);
+  }
+
+  larsAdapt(a: LarsAdaptArgs): void {
+    this.#kernels.larsAdapt(a);
+  }
+
+  l2NormalizeForward(a: L2NormalizeForwardArgs): void {
+    this.#kernels.l2NormalizeForward(a);
+  }
+
+  l2NormalizeBackward(a: L2NormalizeBackwardArgs): void {
+    this.#kernels.l2NormalizeBackward(a);
+  }
+
+  softmaxCrossEntropyForward(a: SoftmaxCrossEntropyForwardArgs): void {
+    this.#kernels.softmaxCrossEntropyForward(a);
+  }
+
+  softmaxCrossEntropyBackward(a: SoftmaxCrossEntropyBackwardArgs): void {
+    this.#kernels.softmaxCrossEntropyBackward(a);
+  }
+}
+
+/** A convolution shape with the mode its algorithms are chosen in. */
+interface ConvShape {
+  d: ConvForwardArgs["desc"];
+  mode: ConvMode;
+}
