@@ -7,8 +7,9 @@
  * cpu/optim.ts, cpu/rows.ts): the same formulae in the same order, in
  * double, so that elementwise results should match it bit for bit (exp and
  * log aside, and opTensor's mul, whose three factors the CPU associates
- * differently when b is a scalar per row) and sums match it to rounding. No op synchronises with the host; sums use no atomics, so
- * two runs give bitwise-equal results. Two things a kernel cannot do as the
+ * differently when b is a scalar per row) and sums match it to rounding.
+ * No op synchronises with the host; sums use no atomics, so two runs give
+ * bitwise-equal results. Two things a kernel cannot do as the
  * CPU does: throw for a label that is not a class index (that row's loss
  * and gradient are NaN instead), and sum a reduceSum whose output overlaps
  * its input (the CPU's does, through a temporary; nothing above the
