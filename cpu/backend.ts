@@ -11,6 +11,7 @@ import type {
   ActivationForwardArgs,
   AddTensorArgs,
   AxpbyArgs,
+  AxpbyManyArgs,
   Backend,
   BatchNormBackwardArgs,
   BatchNormForwardInferenceArgs,
@@ -34,10 +35,12 @@ import type {
   ReduceSumArgs,
   ScaleShiftArgs,
   SgdUpdateArgs,
+  SgdUpdateManyArgs,
   SoftmaxCrossEntropyBackwardArgs,
   SoftmaxCrossEntropyForwardArgs,
   UnaryArgs,
 } from "../nn/backend.ts";
+import { tensorCount } from "../nn/backend.ts";
 import { CachingAllocator, Scratch } from "./allocator.ts";
 import { type Blas, blas } from "./blas.ts";
 import * as bn from "./batchnorm.ts";
@@ -198,6 +201,14 @@ export class CpuBackend implements Backend {
 
   axpby({ n, alpha, x, beta, y }: AxpbyArgs): void {
     ew.axpby(n, alpha, host(x), beta, host(y));
+  }
+
+  /** One `axpby` per tensor, in order: nothing to gain from fusing here. */
+  axpbyMany({ alpha, beta, xs, ys, lengths }: AxpbyManyArgs): void {
+    const count = tensorCount("axpbyMany", lengths, { xs, ys });
+    for (let i = 0; i < count; i++) {
+      ew.axpby(lengths[i], alpha, host(xs[i]), beta, host(ys[i]));
+    }
   }
 
   conv2dForward({ x, w, y, desc: d }: ConvForwardArgs): void {
@@ -401,6 +412,25 @@ export class CpuBackend implements Backend {
       a.length,
       a.step,
     );
+  }
+
+  /** One `sgdUpdate` per tensor, in order. */
+  sgdUpdateMany(a: SgdUpdateManyArgs): void {
+    const { params, grads, momentumBuffers: bufs, lengths } = a;
+    const count = tensorCount("sgdUpdateMany", lengths, {
+      params,
+      grads,
+      momentumBuffers: bufs,
+    });
+    for (let i = 0; i < count; i++) {
+      optim.sgdUpdate(
+        host(params[i]),
+        host(grads[i]),
+        bufs === null ? null : host(bufs[i]),
+        lengths[i],
+        a.step,
+      );
+    }
   }
 
   larsAdapt(a: LarsAdaptArgs): void {

@@ -8,7 +8,9 @@
  *   unless TF32 is asked for;
  * - convolution, batch norm, ReLU and max pooling on cuDNN, one plan per
  *   shape (cuda/conv.ts, cuda/descriptors.ts);
- * - everything else in CUDA C kernels compiled by NVRTC (cuda/kernels/).
+ * - everything else in CUDA C kernels compiled by NVRTC (cuda/kernels/),
+ *   the optimiser step and the teacher's EMA as one launch each over all
+ *   tensors, with their table of tensors kept on the device.
  *
  * No op synchronises with the host: only `read` and `synchronize` wait.
  * Every op runs on the one stream, in the order it was called, so a buffer
@@ -22,6 +24,7 @@ import type {
   ActivationForwardArgs,
   AddTensorArgs,
   AxpbyArgs,
+  AxpbyManyArgs,
   Backend,
   BackendOptions,
   BatchNormBackwardArgs,
@@ -47,6 +50,7 @@ import type {
   ReduceSumArgs,
   ScaleShiftArgs,
   SgdUpdateArgs,
+  SgdUpdateManyArgs,
   SoftmaxCrossEntropyBackwardArgs,
   SoftmaxCrossEntropyForwardArgs,
   UnaryArgs,
@@ -136,6 +140,7 @@ export class CudaBackend implements Backend {
       arch: `sm_${gpu.info.capability.join("")}`,
       stream: this.stream,
       scratch: this.#workspace,
+      upload: (address, data) => this.#staging.write(address, data),
     });
   }
 
@@ -213,6 +218,11 @@ export class CudaBackend implements Backend {
 
   axpby(a: AxpbyArgs): void {
     this.#kernels.axpby(a);
+  }
+
+  /** One kernel launch for all tensors, over a table cached on the device. */
+  axpbyMany(a: AxpbyManyArgs): void {
+    this.#kernels.axpbyMany(a);
   }
 
   // --- convolution ------------------------------------------------------------
@@ -427,6 +437,11 @@ export class CudaBackend implements Backend {
 
   sgdUpdate(a: SgdUpdateArgs): void {
     this.#kernels.sgdUpdate(a);
+  }
+
+  /** One kernel launch for all tensors, over a table cached on the device. */
+  sgdUpdateMany(a: SgdUpdateManyArgs): void {
+    this.#kernels.sgdUpdateMany(a);
   }
 
   larsAdapt(a: LarsAdaptArgs): void {

@@ -16,6 +16,7 @@
  * @module
  */
 
+import type { Backend, DataBuffer } from "../nn/backend.ts";
 import { BatchNorm1d, Linear, ReLU, Sequential } from "../nn/layers.ts";
 import { Module } from "../nn/module.ts";
 import { Generator } from "../nn/random.ts";
@@ -69,6 +70,13 @@ function encoder(opts: MecModelOptions, gen: Generator): ResNet {
   // The bias feeds a BN without affine: it cannot change the output.
   fc.bias!.requiresGrad = false;
   return net;
+}
+
+/** The tensors of one `axpbyMany` call. */
+interface AxpbyLists {
+  xs: DataBuffer[];
+  ys: DataBuffer[];
+  lengths: number[];
 }
 
 /** What one forward pass of both views gives. */
@@ -126,20 +134,29 @@ export class MEC extends Module {
     return { z1, z2, p1, p2 };
   }
 
-  /** teacher = m * teacher + (1 - m) * student, parameters only. */
+  /**
+   * teacher = m * teacher + (1 - m) * student, parameters only: one
+   * `axpbyMany` per backend (one kernel launch on a GPU), the same numbers
+   * as one `axpby` per parameter.
+   */
   updateTeacher(m: number): void {
     const student = this.encoder.parameters();
     const teacher = this.teacher.parameters();
-    noGrad(() =>
-      teacher.forEach((t, i) => {
-        t.backend.axpby({
-          n: t.size,
-          alpha: 1 - m,
-          x: student[i].buffer,
-          beta: m,
-          y: t.buffer,
-        });
-      })
-    );
+    const lists = new Map<Backend, AxpbyLists>();
+    teacher.forEach((t, i) => {
+      let l = lists.get(t.backend);
+      if (l === undefined) {
+        l = { xs: [], ys: [], lengths: [] };
+        lists.set(t.backend, l);
+      }
+      l.xs.push(student[i].buffer);
+      l.ys.push(t.buffer);
+      l.lengths.push(t.size);
+    });
+    noGrad(() => {
+      for (const [backend, l] of lists) {
+        backend.axpbyMany({ alpha: 1 - m, beta: m, ...l });
+      }
+    });
   }
 }

@@ -370,6 +370,74 @@ export interface SgdUpdateArgs {
   step: SgdStep;
 }
 
+/**
+ * One SGD step on each of several tensors with the same hyper-parameters
+ * (see `Backend.sgdUpdateMany`): tensor i is `params[i]`, `grads[i]` and
+ * `momentumBuffers[i]`, its first `lengths[i]` elements.
+ */
+export interface SgdUpdateManyArgs {
+  /** Updated in place. */
+  params: DataBuffer[];
+  grads: DataBuffer[];
+  /** The momentum buffers, updated in place; null without momentum. */
+  momentumBuffers: DataBuffer[] | null;
+  lengths: number[];
+  /** One step for all of them, `firstStep` included. */
+  step: SgdStep;
+}
+
+/**
+ * `ys[i] = alpha * xs[i] + beta * ys[i]` over the first `lengths[i]`
+ * elements, for each i (see `Backend.axpbyMany`).
+ */
+export interface AxpbyManyArgs {
+  alpha: number;
+  beta: number;
+  xs: DataBuffer[];
+  ys: DataBuffer[];
+  lengths: number[];
+}
+
+/**
+ * The number of tensors of an `sgdUpdateMany` or `axpbyMany` call, after
+ * checking what a backend cannot: that every list (null ones aside) has one
+ * entry per length, and that each length is a whole number no larger than
+ * its buffers. A RangeError names the op and the list otherwise. Both
+ * backends call it, so a bad call fails alike on each, before any tensor
+ * changes.
+ */
+export function tensorCount(
+  op: string,
+  lengths: readonly number[],
+  lists: Record<string, readonly DataBuffer[] | null>,
+): number {
+  const count = lengths.length;
+  for (const [name, list] of Object.entries(lists)) {
+    if (list === null) continue;
+    if (list.length !== count) {
+      throw new RangeError(
+        `${op}: ${list.length} ${name} for ${count} lengths`,
+      );
+    }
+  }
+  for (let i = 0; i < count; i++) {
+    const n = lengths[i];
+    if (!Number.isInteger(n) || n < 0) {
+      throw new RangeError(`${op}: length ${i} is ${n}, not a whole number`);
+    }
+    for (const [name, list] of Object.entries(lists)) {
+      if (list !== null && list[i].length < n) {
+        throw new RangeError(
+          `${op}: ${name}[${i}] has ${
+            list[i].length
+          } elements, length ${i} is ${n}`,
+        );
+      }
+    }
+  }
+  return count;
+}
+
 /** LARC's rescaling of one tensor's gradient (see `Backend.larsAdapt`). */
 export interface LarsAdaptArgs {
   param: DataBuffer;
@@ -487,6 +555,14 @@ export interface Backend {
   gemm(args: GemmArgs): void;
   dot(args: DotArgs): void;
   axpby(args: AxpbyArgs): void;
+  /**
+   * `axpby` on each tensor of a list, with one alpha and beta: the teacher's
+   * EMA over all its parameters, `axpbyMany({ alpha: 1 - m, beta: m, xs:
+   * student, ys: teacher, lengths })`. The results are those of one `axpby`
+   * per tensor, bit for bit; the CUDA backend runs them as one launch, so
+   * no y may overlap another tensor of the call.
+   */
+  axpbyMany(args: AxpbyManyArgs): void;
 
   // --- convolution (cudnnConvolution*) ---------------------------------------
   /** y[n,k,oh,ow] = sum_{c,r,s} x[n,c,oh*sh+r-ph,ow*sw+s-pw] * w[k,c,r,s]. */
@@ -530,9 +606,17 @@ export interface Backend {
    * buf = first ? d : momentum * buf + (1 - dampening) * d and d = buf (or
    * d + momentum * buf with Nesterov); param -= lr * d. The teacher's EMA
    * needs no op of its own: it is `axpby({ n, alpha: 1 - m, x: student,
-   * beta: m, y: teacher })`.
+   * beta: m, y: teacher })` per tensor, `axpbyMany` for all of them.
    */
   sgdUpdate(args: SgdUpdateArgs): void;
+  /**
+   * `sgdUpdate` on each tensor of a list, with one step (so one `firstStep`
+   * for all: an optimiser groups its tensors by it). The results are those
+   * of one `sgdUpdate` per tensor, bit for bit; the CUDA backend runs them
+   * as one launch, so no parameter or buffer may overlap another tensor of
+   * the call (a gradient may be shared by two parameters: it is only read).
+   */
+  sgdUpdateMany(args: SgdUpdateManyArgs): void;
   /**
    * LARC's gradient rescaling (NVIDIA apex, clip off), in place on grad:
    * when ||param|| and ||grad|| are both non-zero, grad = (grad + wd * param)

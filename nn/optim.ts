@@ -1,12 +1,13 @@
 /**
  * Optimisers: PyTorch's SGD, and LARS in the form of NVIDIA apex's LARC
- * wrapped around it, as MEC's linear probe uses it. Each update is one fused
- * backend op per parameter.
+ * wrapped around it, as MEC's linear probe uses it. A step is one fused
+ * backend op (`sgdUpdateMany`) for all the parameters of a backend: one
+ * kernel launch on a GPU.
  *
  * @module
  */
 
-import { zeros } from "./creation.ts";
+import type { Backend, DataBuffer } from "./backend.ts";
 import { formatShape, keep, noGrad, Tensor } from "./tensor.ts";
 
 export interface SGDOptions {
@@ -78,35 +79,56 @@ export class SGD {
 
   /** One update of every parameter that has a gradient. */
   step(): void {
-    noGrad(() =>
-      this.params.forEach((p, i) => this.update(p, i, this.weightDecay))
-    );
+    noGrad(() => this.updateAll(this.weightDecay));
   }
 
-  /** Updates parameter i with weight decay `wd` (LARS passes 0). */
-  protected update(p: Tensor, i: number, wd: number): void {
-    const g = p.grad;
-    if (g === null) return;
+  /**
+   * Updates every parameter that has a gradient, with weight decay `wd`
+   * (LARS passes 0): one `sgdUpdateMany` per backend, or two when some
+   * momentum buffers are new (made here, zero-filled, as PyTorch's first
+   * step makes them) and others not, since `firstStep` is one flag per call.
+   * Each tensor's update is independent of the others', so this computes
+   * what one `sgdUpdate` per parameter did.
+   */
+  protected updateAll(wd: number): void {
     const useMomentum = this.momentum !== 0;
-    let buf = this.#buffers[i];
-    const firstStep = useMomentum && buf === null;
-    if (firstStep) {
-      buf = this.#buffers[i] = keep(zeros(p.shape, { device: p.device }));
-    }
-    p.backend.sgdUpdate({
-      param: p.buffer,
-      grad: g.buffer,
-      momentumBuffer: useMomentum ? buf!.buffer : null,
-      length: p.size,
-      step: {
-        lr: this.lr,
-        momentum: this.momentum,
-        dampening: this.dampening,
-        weightDecay: wd,
-        nesterov: this.nesterov,
-        firstStep,
-      },
+    const groups = new Map<Backend, [UpdateGroup, UpdateGroup]>();
+    this.params.forEach((p, i) => {
+      const g = p.grad;
+      if (g === null) return;
+      let buf = this.#buffers[i];
+      const firstStep = useMomentum && buf === null;
+      if (firstStep) buf = this.#buffers[i] = zerosLike(p);
+      let pair = groups.get(p.backend);
+      if (pair === undefined) {
+        pair = [updateGroup(), updateGroup()];
+        groups.set(p.backend, pair);
+      }
+      const group = pair[firstStep ? 0 : 1];
+      group.params.push(p.buffer);
+      group.grads.push(g.buffer);
+      if (useMomentum) group.buffers.push(buf!.buffer);
+      group.lengths.push(p.size);
     });
+    for (const [backend, pair] of groups) {
+      pair.forEach((group, k) => {
+        if (group.params.length === 0) return;
+        backend.sgdUpdateMany({
+          params: group.params,
+          grads: group.grads,
+          momentumBuffers: useMomentum ? group.buffers : null,
+          lengths: group.lengths,
+          step: {
+            lr: this.lr,
+            momentum: this.momentum,
+            dampening: this.dampening,
+            weightDecay: wd,
+            nesterov: this.nesterov,
+            firstStep: k === 0,
+          },
+        });
+      });
+    }
   }
 
   /** Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`). */
@@ -168,8 +190,7 @@ export class SGD {
           }, its parameter ${formatShape(p.shape)}`,
         );
       }
-      const buf = this.#buffers[i] ??
-        (this.#buffers[i] = keep(zeros(p.shape, { device: p.device })));
+      const buf = this.#buffers[i] ?? (this.#buffers[i] = zerosLike(p));
       const data = "data" in value && value.data instanceof Float32Array
         ? value.data
         : (value as Tensor).toArray();
@@ -207,10 +228,16 @@ export class LARS extends SGD {
     this.eps = opts.eps ?? 1e-8;
   }
 
+  /**
+   * LARC's rescaling of each gradient (one `larsAdapt` per parameter: each
+   * needs its own norms), then one SGD update of them all. Rescaling every
+   * gradient before any parameter moves computes what alternating did: a
+   * parameter's rescaling reads only that parameter and its own gradient.
+   */
   override step(): void {
-    noGrad(() =>
-      this.params.forEach((p, i) => {
-        if (p.grad === null) return;
+    noGrad(() => {
+      for (const p of this.params) {
+        if (p.grad === null) continue;
         const g = ownGradient(p);
         p.backend.larsAdapt({
           param: p.buffer,
@@ -220,9 +247,9 @@ export class LARS extends SGD {
           weightDecay: this.weightDecay,
           eps: this.eps,
         });
-        this.update(p, i, 0);
-      })
-    );
+      }
+      this.updateAll(0);
+    });
   }
 
   protected override hyper(): OptimizerHyper {
@@ -232,6 +259,29 @@ export class LARS extends SGD {
       eps: this.eps,
     };
   }
+}
+
+/**
+ * A kept tensor of zeros of p's shape on p's backend (a momentum buffer):
+ * the backend itself, not the device of its name, so that the buffers of a
+ * backend's parameters are its own.
+ */
+function zerosLike(p: Tensor): Tensor {
+  const t = keep(Tensor.empty(p.backend, p.shape));
+  t.backend.fill({ y: t.buffer, value: 0 });
+  return t;
+}
+
+/** The tensors of one `sgdUpdateMany` call. */
+interface UpdateGroup {
+  params: DataBuffer[];
+  grads: DataBuffer[];
+  buffers: DataBuffer[];
+  lengths: number[];
+}
+
+function updateGroup(): UpdateGroup {
+  return { params: [], grads: [], buffers: [], lengths: [] };
 }
 
 /**

@@ -9,6 +9,7 @@
  */
 
 import type { Dims3 } from "../nn/backend.ts";
+import { Generator } from "../nn/random.ts";
 import { CudaBuffer } from "../cuda/buffer.ts";
 import { compile } from "../cuda/nvrtc.ts";
 import { buildKernels, COMPILE_OPTIONS } from "../cuda/kernels/build.ts";
@@ -29,6 +30,7 @@ import {
   type LaunchConfig,
   LIMITS,
   MAX_BLOCKS,
+  multiTensor,
   rows,
   sumAll,
   sumCols,
@@ -38,6 +40,7 @@ import {
   threadsFor,
 } from "../cuda/kernels/launch.ts";
 import { Kernels, type Launcher } from "../cuda/kernels/mod.ts";
+import { TableCache, type TableMemory } from "../cuda/kernels/tables.ts";
 import { BINARY_OPS, SGD_MODES, UNARY_OPS } from "../cuda/kernels/ops.ts";
 import { broadcastForm, fold, reduceForm } from "../cuda/kernels/shapes.ts";
 import {
@@ -570,6 +573,149 @@ Deno.test("finish() reduces up to 2048 partial sums with one power-of-two block"
   }
 });
 
+/**
+ * sgd_update_many's and axpby_many's loop (optim_source.ts): a 1-D
+ * grid-stride loop over the total whose cursor finds each element's tensor
+ * as cursor_seek does. Visits per element of each tensor, and the number of
+ * binary searches made.
+ */
+function simulateMultiTensor(
+  offsets: readonly number[],
+  c: LaunchConfig,
+): { visits: Int32Array[]; seeks: number } {
+  const tensors = offsets.length - 1;
+  const total = offsets[tensors];
+  const visits = offsets.slice(1).map((end, t) =>
+    new Int32Array(end - offsets[t])
+  );
+  const stride = c.block[0] * c.grid[0];
+  let seeks = 0;
+  for (const { bx, tx } of threads(c)) {
+    let t = -1; // cursor_start
+    let begin = 0;
+    let end = 0;
+    for (let i = bx * c.block[0] + tx; i < total; i += stride) {
+      if (i >= end) { // cursor_seek
+        seeks++;
+        let lo = t + 1;
+        let hi = tensors - 1;
+        while (lo < hi) {
+          const mid = lo + Math.floor((hi - lo + 1) / 2);
+          if (offsets[mid] <= i) lo = mid;
+          else hi = mid - 1;
+        }
+        t = lo;
+        begin = offsets[lo];
+        end = offsets[lo + 1];
+      }
+      assert.ok(
+        begin <= i && i < end,
+        `element ${i} went to tensor ${t} of [${begin}, ${end})`,
+      );
+      visits[t][i - begin]++;
+    }
+  }
+  return { visits, seeks };
+}
+
+/** Small tensor lists: empty tensors first, last, in runs, and alone. */
+const SMALL_TABLES: number[][] = [
+  [1],
+  [0, 1],
+  [1, 0],
+  [0, 0, 5, 0, 0],
+  [3, 0, 0, 4, 0],
+  [256, 0, 1],
+  [255, 2, 255],
+  [1, 1, 1, 1, 1, 1, 1],
+  [1000, 0, 0, 77, 513, 0],
+  [0, 600, 0, 0, 0, 0, 0, 9],
+];
+
+Deno.test("multiTensor() gives prefix offsets and the elementwise grid of the total", () => {
+  const plan = multiTensor([3, 0, 5, 0]);
+  assert.deepEqual(plan.offsets, [0, 3, 3, 8, 8]);
+  assert.equal(plan.total, 8);
+  assert.deepEqual(plan.config, elementwise(8));
+  assert.deepEqual(multiTensor([]).offsets, [0]);
+  for (const lengths of [[], [0], [0, 0, 0]]) {
+    assert.ok(isEmpty(multiTensor(lengths).config), `[${lengths}]: no launch`);
+  }
+  assert.equal(multiTensor([100000], 3).config.grid[0], 3);
+  assertThrows(() => multiTensor([2, -1]), /tensor 1 has length -1/);
+  assertThrows(() => multiTensor([0.5]), /not a whole number/);
+  assertThrows(() => multiTensor([2 ** 52, 2 ** 52]), /passes 2\^53/);
+});
+
+Deno.test("multiTensor() stays within the grid limits for ResNet-50's parameters and totals past 2^31", () => {
+  // ResNet-50's 161 parameter tensors in shape: convolutions, BN pairs, fc.
+  const resnet50 = [
+    64 * 3 * 7 * 7,
+    ...Array.from({ length: 106 }, (_, i) => (i % 2 ? 256 : 64 * 64 * 9)),
+    ...Array.from({ length: 52 }, () => 512 * 512 * 9),
+    2048 * 1000,
+    1000,
+  ];
+  for (
+    const lengths of [
+      resnet50,
+      [2 ** 31 - 1, 2 ** 31 - 1, 5], // beyond a 32-bit index
+      [2 ** 40, 0, 1],
+      BIG_COUNTS,
+    ]
+  ) {
+    const plan = multiTensor(lengths);
+    const what = `${lengths.length} tensors of ${plan.total}`;
+    assertWithinLimits(plan.config, what);
+    assert.equal(
+      plan.config.grid[0],
+      Math.min(ceilDiv(plan.total, 256), MAX_BLOCKS),
+      what,
+    );
+    assert.equal(plan.offsets.at(-1), plan.total, what);
+    for (let t = 0; t < lengths.length; t++) {
+      assert.equal(plan.offsets[t + 1] - plan.offsets[t], lengths[t], what);
+    }
+  }
+  assert.equal(multiTensor([2 ** 31 - 1, 2 ** 31 - 1, 5]).total, 2 ** 32 + 3);
+});
+
+Deno.test("the multi-tensor loop visits every element of every tensor exactly once, for small tables with empty tensors", () => {
+  const g = new Generator(21);
+  const random = Array.from(
+    { length: 20 },
+    () =>
+      Array.from(
+        { length: g.integer(1, 12) },
+        () => g.integer(0, 3) === 0 ? 0 : g.integer(1, 700),
+      ),
+  );
+  for (const lengths of [...SMALL_TABLES, ...random]) {
+    for (const blocks of [1, 2, 3, MAX_BLOCKS]) {
+      const plan = multiTensor(lengths, blocks);
+      const what = `[${lengths}] on ${plan.config.grid[0]} blocks`;
+      assertWithinLimits(plan.config, what);
+      const { visits } = simulateMultiTensor(plan.offsets, plan.config);
+      visits.forEach((v, t) => assertAllOnce(v, `${what}, tensor ${t}`));
+    }
+  }
+});
+
+Deno.test("the multi-tensor loop searches only when a thread passes the end of its tensor", () => {
+  // One block of 256 threads over 4 tensors of 1000: each thread starts in
+  // tensor 0 and crosses into each later tensor once, at most.
+  const plan = multiTensor([1000, 1000, 1000, 1000], 1);
+  const { visits, seeks } = simulateMultiTensor(plan.offsets, plan.config);
+  visits.forEach((v, t) => assertAllOnce(v, `tensor ${t}`));
+  assert.ok(seeks <= 256 * 4, `${seeks} searches for 16 strides of 256`);
+  // The whole grid-stride loop of a long list: once per tensor a thread
+  // enters, not once per element.
+  const many = multiTensor(Array.from({ length: 100 }, () => 4096), 4);
+  const r = simulateMultiTensor(many.offsets, many.config);
+  r.visits.forEach((v, t) => assertAllOnce(v, `tensor ${t}`));
+  assert.ok(r.seeks <= 1024 * 100, `${r.seeks} searches`);
+});
+
 // --- the host side of each op ---------------------------------------------------
 
 interface Recorded {
@@ -578,8 +724,13 @@ interface Recorded {
   args: Record<string, number | bigint>;
 }
 
-/** Kernels whose launches are recorded (and marshalled, as the real ones are). */
-function recording() {
+/**
+ * Kernels whose launches are recorded (and marshalled, as the real ones
+ * are); `opts` go to the Kernels constructor.
+ */
+function recording(
+  opts: { tables?: TableMemory; tableCapacity?: number } = {},
+) {
   const calls: Recorded[] = [];
   const live = new Map<bigint, number>();
   let next = 0x7000_0000n;
@@ -602,7 +753,7 @@ function recording() {
       assert.ok(live.delete(address), `free of ${address} not allocated`);
     },
   };
-  return { kernels: new Kernels(launch, scratch), calls, live };
+  return { kernels: new Kernels(launch, scratch, opts), calls, live };
 }
 
 let nextAddress = 0x1000_0000n;
@@ -852,6 +1003,313 @@ Deno.test("Kernels' row ops, scaleShift and unary launch one kernel each, with t
   ]);
   assert.equal(calls[5].args.op, UNARY_OPS.indexOf("rsqrt"));
   for (const c of calls.slice(0, 4)) assert.equal(c.config.grid[0], 256);
+});
+
+/**
+ * Device memory for tables, simulated: blocks of bytes by address, written
+ * as pinned staging writes (cuda/staging.ts copies `data`'s bytes).
+ */
+function fakeTableMemory() {
+  const blocks = new Map<bigint, Uint8Array>();
+  const writes: { address: bigint; bytes: number }[] = [];
+  let next = 0x9000_0000n;
+  let failWrites = false;
+  const memory: TableMemory = {
+    alloc(bytes) {
+      const a = next;
+      next += BigInt(bytes + 256);
+      blocks.set(a, new Uint8Array(bytes).fill(0xff));
+      return a;
+    },
+    free(address) {
+      assert.ok(blocks.delete(address), `free of table ${address}`);
+    },
+    write(address, data) {
+      if (failWrites) throw new Error("staging failed");
+      const bytes = new Uint8Array(
+        data.buffer,
+        data.byteOffset,
+        data.byteLength,
+      );
+      for (const [base, block] of blocks) {
+        const at = Number(address - base);
+        if (at >= 0 && at + bytes.length <= block.length) {
+          block.set(bytes, at);
+          writes.push({ address, bytes: bytes.length });
+          return;
+        }
+      }
+      throw new Error(`a write of ${bytes.length} bytes outside any table`);
+    },
+  };
+  /** The 64-bit words of the table at `address`, as the device holds them. */
+  const words = (address: bigint): bigint[] => [
+    ...new BigUint64Array(blocks.get(address)!.slice().buffer),
+  ];
+  const fail = (on: boolean) => failWrites = on;
+  return { memory, blocks, writes, words, fail };
+}
+
+/** Kernels whose launches are recorded, with simulated table memory. */
+function recordingWithTables(capacity?: number) {
+  const tables = fakeTableMemory();
+  const r = recording({ tables: tables.memory, tableCapacity: capacity });
+  return { ...r, tables };
+}
+
+/** A table's words: offsets, then one column of addresses per operand. */
+function tableWords(offsets: number[], columns: bigint[][]): bigint[] {
+  return [...offsets.map(BigInt), ...columns.flat()];
+}
+
+const addresses = (buffers: CudaBuffer[]) => buffers.map((b) => b.address);
+
+Deno.test("Kernels.sgdUpdateMany launches once over a table of (param, grad, buf) columns, rewriting only the gradients' when they move", () => {
+  const { kernels, calls, tables, live } = recordingWithTables();
+  const lengths = [5, 0, 300];
+  const params = lengths.map(buffer);
+  const grads = lengths.map(buffer);
+  const bufs = lengths.map(buffer);
+  const step = {
+    lr: 0.1,
+    momentum: 0.9,
+    dampening: 0.25,
+    weightDecay: 1e-4,
+    nesterov: false,
+    firstStep: true,
+  };
+  const run = (s: typeof step, b: CudaBuffer[] | null, g = grads) =>
+    kernels.sgdUpdateMany({
+      params,
+      grads: g,
+      momentumBuffers: b,
+      lengths,
+      step: s,
+    });
+  run(step, bufs);
+  run({ ...step, firstStep: false }, bufs);
+  assert.deepEqual(calls.map((c) => c.kernel), [
+    "sgd_update_many",
+    "sgd_update_many",
+  ]);
+  const table = calls[0].args.table as bigint;
+  assert.deepEqual(tables.writes, [{ address: table, bytes: 13 * 8 }]);
+  assert.deepEqual(
+    tables.words(table),
+    tableWords([0, 5, 5, 305], [
+      addresses(params),
+      addresses(grads),
+      addresses(bufs),
+    ]),
+  );
+  assert.deepEqual(calls[0].config, multiTensor(lengths).config);
+  assert.deepEqual(calls[0].args, {
+    tensors: 3,
+    table,
+    mode: SGD_MODES.indexOf("first"),
+    nesterov: 0,
+    lr: 0.1,
+    momentum: 0.9,
+    keep: 0.75,
+    weight_decay: 1e-4,
+  });
+  assert.equal(calls[1].args.mode, SGD_MODES.indexOf("later"));
+  assert.equal(calls[1].args.table, table, "the later step finds the table");
+  // New gradients, as after every backward pass: the same table, its
+  // gradient column (after 4 offsets and 3 parameters) rewritten alone.
+  const moved = lengths.map(buffer);
+  run({ ...step, firstStep: false }, bufs, moved);
+  assert.equal(calls[2].args.table, table);
+  assert.deepEqual(tables.writes.slice(1), [
+    { address: table + BigInt(7 * 8), bytes: 3 * 8 },
+  ]);
+  assert.deepEqual(
+    tables.words(table),
+    tableWords([0, 5, 5, 305], [
+      addresses(params),
+      addresses(moved),
+      addresses(bufs),
+    ]),
+  );
+  // Without buffers, or without momentum: plain, the buffer column 0, in a
+  // table of its own.
+  run(step, null);
+  run({ ...step, momentum: 0 }, bufs);
+  assert.deepEqual(
+    calls.slice(3).map((c) => SGD_MODES[c.args.mode as number]),
+    ["plain", "plain"],
+  );
+  const plain = calls[3].args.table as bigint;
+  assert.notEqual(plain, table);
+  assert.equal(calls[4].args.table, plain);
+  assert.deepEqual(tables.words(plain).slice(4 + 3 + 3), [0n, 0n, 0n]);
+  // Nothing to update: no launch, no table.
+  kernels.sgdUpdateMany({
+    params: [params[1]],
+    grads: [grads[1]],
+    momentumBuffers: [bufs[1]],
+    lengths: [0],
+    step,
+  });
+  assert.equal(calls.length, 5);
+  assert.equal(live.size, 0, "no scratch held");
+  assert.deepEqual(kernels.tableStats(), {
+    hits: 2,
+    updates: 1,
+    uploads: 2,
+    evictions: 0,
+    tables: 2,
+    bytes: 2 * 13 * 8,
+  });
+  kernels.dispose();
+  assert.equal(tables.blocks.size, 0, "dispose frees the tables");
+});
+
+Deno.test("Kernels.axpbyMany launches once over a table of (x, y) columns", () => {
+  const { kernels, calls, tables } = recordingWithTables();
+  const lengths = [0, 64, 7];
+  const xs = lengths.map(buffer);
+  const ys = lengths.map(buffer);
+  for (let step = 0; step < 3; step++) {
+    kernels.axpbyMany({ alpha: 0.01, beta: 0.99, xs, ys, lengths });
+  }
+  assert.deepEqual(calls.map((c) => c.kernel), [
+    "axpby_many",
+    "axpby_many",
+    "axpby_many",
+  ]);
+  const table = calls[0].args.table as bigint;
+  assert.deepEqual(tables.writes, [{ address: table, bytes: 10 * 8 }]);
+  assert.deepEqual(
+    tables.words(table),
+    tableWords([0, 0, 64, 71], [addresses(xs), addresses(ys)]),
+  );
+  assert.deepEqual(calls[0].args, {
+    tensors: 3,
+    table,
+    alpha: 0.01,
+    beta: 0.99,
+  });
+  assert.deepEqual(calls[0].config, multiTensor(lengths).config);
+  // Another teacher, say: no volatile column, so a new table.
+  kernels.axpbyMany({
+    alpha: 0.01,
+    beta: 0.99,
+    xs,
+    ys: lengths.map(buffer),
+    lengths,
+  });
+  assert.notEqual(calls[3].args.table, table);
+  assertThrows(
+    () => kernels.axpbyMany({ alpha: 1, beta: 1, xs, ys: [], lengths }),
+    /axpbyMany: 0 ys for 3 lengths/,
+  );
+  assertThrows(
+    () =>
+      new Kernels(() => {}, { alloc: () => 0n, free: () => {} }).axpbyMany({
+        alpha: 1,
+        beta: 1,
+        xs,
+        ys,
+        lengths,
+      }),
+    /without table memory/,
+  );
+});
+
+Deno.test("TableCache finds a table by its content and evicts the least recently used, freeing its block first", () => {
+  const { memory, blocks, writes } = fakeTableMemory();
+  const cache = new TableCache(memory, 2);
+  const offsets = [0, 3, 7];
+  const xs = [0x10n, 0x20n];
+  const [a, b, c] = [[1n, 2n], [3n, 4n], [5n, 6n]];
+  const table = (ys: bigint[]) => cache.address(offsets, [xs, ys]);
+  const ta = table(a);
+  table(b);
+  assert.equal(table(a), ta); // a is now the most recently used
+  table(c); // evicts b, its block freed before the new one is taken
+  assert.equal(writes.length, 3);
+  assert.equal(blocks.size, 2);
+  assert.equal(table(a), ta, "a was kept");
+  table(b); // evicts c
+  assert.equal(writes.length, 4);
+  assert.equal(table(a), ta, "a still kept");
+  assert.deepEqual(cache.stats(), {
+    hits: 3,
+    updates: 0,
+    uploads: 4,
+    evictions: 2,
+    tables: 2,
+    bytes: 2 * 7 * 8,
+  });
+  cache.clear();
+  assert.equal(blocks.size, 0);
+});
+
+Deno.test("TableCache rewrites a volatile column in place, alone, and keys a table by everything else", () => {
+  const { memory, blocks, writes, words } = fakeTableMemory();
+  const cache = new TableCache(memory);
+  const offsets = [0, 3, 7];
+  const params = [0x10n, 0x20n];
+  const [g1, g2] = [[1n, 2n], [3n, 4n]];
+  const bufs = [0x30n, 0x40n];
+  const t = cache.address(offsets, [params, g1, bufs], [1]);
+  assert.equal(cache.address(offsets, [params, g2, bufs], [1]), t);
+  assert.deepEqual(writes.slice(1), [{ address: t + 5n * 8n, bytes: 16 }]);
+  assert.deepEqual(words(t), tableWords(offsets, [params, g2, bufs]));
+  assert.equal(cache.address(offsets, [params, g2, bufs], [1]), t, "a hit");
+  assert.equal(writes.length, 2);
+  // Another parameter, buffer or length is another table.
+  for (
+    const [o, cols] of [
+      [offsets, [[0x11n, 0x20n], g2, bufs]],
+      [offsets, [params, g2, [0x30n, 0n]]],
+      [[0, 3, 8], [params, g2, bufs]],
+    ] as const
+  ) {
+    assert.notEqual(cache.address(o, cols, [1]), t);
+  }
+  // The same words with no volatile column are another key too.
+  const fixed = cache.address(offsets, [params, g2, bufs]);
+  assert.notEqual(fixed, t);
+  assert.equal(blocks.size, 4, "4 tables: the first was evicted");
+  assert.deepEqual(
+    [cache.stats().hits, cache.stats().updates, cache.stats().uploads],
+    [1, 1, 5],
+  );
+});
+
+Deno.test("TableCache writes offsets past 2^32 and addresses of any bit pattern exactly, and frees a block it could not write", () => {
+  const { memory, blocks, words, fail } = fakeTableMemory();
+  const cache = new TableCache(memory);
+  // Halves that read as float32 NaNs, signalling and quiet, and -0.
+  const odd = [0x7f800001_7fc00001n, 0xffc00000_80000000n];
+  const offsets = [0, 2 ** 32 + 5, 2 ** 33 + 10];
+  const t = cache.address(offsets, [odd, [1n, 2n]]);
+  assert.deepEqual(words(t), [
+    0n,
+    2n ** 32n + 5n,
+    2n ** 33n + 10n,
+    odd[0],
+    odd[1],
+    1n,
+    2n,
+  ]);
+  assert.equal(cache.address(offsets, [odd, [1n, 2n]]), t, "a hit");
+  fail(true);
+  assertThrows(() => cache.address([0, 1], [[5n]]), /staging failed/);
+  assert.equal(blocks.size, 1, "the failed table's block is freed");
+  assert.equal(cache.stats().tables, 1);
+  assertThrows(
+    () => cache.address([0, 1, 2], [[5n]]),
+    /table column 0 has 1 addresses for 2 tensors/,
+  );
+  assertThrows(
+    () => new TableCache(memory, 0),
+    /at least one table/,
+  );
+  cache.clear();
+  assert.equal(blocks.size, 0);
 });
 
 Deno.test("marshal() gives each argument its C width and refuses counts of 2^31", () => {

@@ -1086,6 +1086,139 @@ test(`larsAdapt() on ${label} matches the CPU, and leaves the gradient alone for
   }
 });
 
+/**
+ * Tensor lists of the multi-tensor ops: empty tensors among them, and a
+ * total past one grid of the elementwise loop (MAX_BLOCKS x 256 =
+ * 2 097 152 elements), so that threads stride across several tensors.
+ */
+const MANY_LENGTHS = [0, 1000, 3, 2_400_000, 0, 77, 100_003, 0];
+
+/** Elements past each tensor of a list, which no op may touch. */
+const MANY_SPARE = 3;
+
+test(`sgdUpdateMany() on ${label} matches the CPU, and its own sgdUpdate per tensor bit for bit, for each kind of SGD`, () => {
+  using p = backends();
+  const g = new Generator(118);
+  const lengths = MANY_LENGTHS;
+  const spare = (n: number) => n + MANY_SPARE;
+  for (const [what, h] of SGD_CASES) {
+    const momentum = h.momentum !== 0;
+    const params = lengths.map((n) => p.input(uniform(g, spare(n))));
+    // The same parameters, stepped one sgdUpdate per tensor on the device.
+    const single = params.map((t) => p.input(other!.read(t.other)));
+    // The first step must not read the buffers: they start as NaN.
+    const buffers = momentum ? lengths.map((n) => p.nan(spare(n))) : null;
+    const singleBuffers = momentum ? lengths.map((n) => p.nan(spare(n))) : null;
+    // The same gradient buffers every step, new values in them: on a GPU
+    // the later steps find their table on the device.
+    const grads = lengths.map((n) => p.nan(spare(n)));
+    for (let step = 0; step < 3; step++) {
+      for (const grad of grads) {
+        const values = uniform(g, grad.length, -0.1, 0.1);
+        reference.write(grad.ref, values);
+        other!.write(grad.other, values);
+      }
+      const s: SgdStep = { ...h, firstStep: step === 0 };
+      p.run((b, on) =>
+        b.sgdUpdateMany({
+          params: params.map(on),
+          grads: grads.map(on),
+          momentumBuffers: buffers && buffers.map(on),
+          lengths,
+          step: s,
+        })
+      );
+      lengths.forEach((length, i) =>
+        other!.sgdUpdate({
+          param: single[i].other,
+          grad: grads[i].other,
+          momentumBuffer: singleBuffers && singleBuffers[i].other,
+          length,
+          step: s,
+        })
+      );
+      lengths.forEach((length, i) => {
+        const at = `${what}, step ${step}, tensor ${i} of ${length}`;
+        if (length > 0) {
+          p.expectNear(
+            params[i],
+            `${at}: parameters`,
+            ELEMENTWISE,
+            below(length),
+          );
+          if (buffers) {
+            p.expectNear(
+              buffers[i],
+              `${at}: momentum`,
+              ELEMENTWISE,
+              below(length),
+            );
+          }
+        }
+        p.expectSame(params[i], `${at}: past the length`, from(length));
+        if (buffers) {
+          p.expectSame(
+            buffers[i],
+            `${at}: momentum past the length`,
+            from(length),
+          );
+        }
+        assertSame(
+          other!.read(params[i].other),
+          other!.read(single[i].other),
+          `${at}: fused and per-tensor parameters on ${label}`,
+        );
+        if (buffers && singleBuffers) {
+          assertSame(
+            other!.read(buffers[i].other),
+            other!.read(singleBuffers[i].other),
+            `${at}: fused and per-tensor momentum on ${label}`,
+          );
+        }
+      });
+    }
+  }
+});
+
+test(`axpbyMany() on ${label} matches the CPU, and its own axpby per tensor bit for bit, beta 0 not reading y`, () => {
+  using p = backends();
+  const g = new Generator(119);
+  const lengths = MANY_LENGTHS;
+  const spare = (n: number) => n + MANY_SPARE;
+  for (const [alpha, beta] of [[0.004, 0.996], [2.5, 0], [1, 1], [0.1, -1]]) {
+    const xs = lengths.map((n) => p.nan(spare(n)));
+    const ys = lengths.map((n) =>
+      beta === 0 ? p.nan(spare(n)) : p.input(uniform(g, spare(n)))
+    );
+    const single = ys.map((y) => p.input(other!.read(y.other)));
+    // Three rounds over the same buffers, as the EMA runs step after step.
+    for (let round = 0; round < 3; round++) {
+      for (const x of xs) {
+        const values = uniform(g, x.length);
+        reference.write(x.ref, values);
+        other!.write(x.other, values);
+      }
+      p.run((b, on) =>
+        b.axpbyMany({ alpha, beta, xs: xs.map(on), ys: ys.map(on), lengths })
+      );
+      lengths.forEach((n, i) =>
+        other!.axpby({ n, alpha, x: xs[i].other, beta, y: single[i].other })
+      );
+      lengths.forEach((n, i) => {
+        const what =
+          `axpbyMany alpha ${alpha}, beta ${beta}, round ${round}, tensor ${i} of ${n}`;
+        if (n > 0) p.expectNear(ys[i], what, ELEMENTWISE, below(n));
+        p.expectSame(ys[i], `${what}, past the length`, from(n));
+        assertSame(
+          other!.read(ys[i].other),
+          other!.read(single[i].other),
+          `${what}: fused and per-tensor on ${label}`,
+        );
+      });
+    }
+  }
+});
+
 // --- fused row kernels ---------------------------------------------------------------
 
 test(`l2Normalize forward and backward on ${label} match the CPU, zero rows and rows below eps included`, () => {

@@ -11,6 +11,7 @@ import {
 import { assert, assertThrows } from "./assert.ts";
 import { assertClose } from "./check.ts";
 import "./device.ts";
+import { counts, only, recordCalls } from "./spy.ts";
 
 /** A small MEC: resnet18 of width 4 with the small stem, d = 16. */
 const small = (seed = 0) =>
@@ -184,5 +185,66 @@ Deno.test("the MEC step keeps live tensors and bytes flat over 20 steps", () => 
   // Gradients are replaced each step, not added to: the counts stay put.
   assert.deepEqual(memoryStats(), before);
   assert.equal(device().memory().allocated, allocated);
+  model.dispose();
+});
+
+Deno.test("updateTeacher() is one axpbyMany over every teacher parameter, each as one axpby would leave it; a step fuses SGD and the EMA", () => {
+  const model = small(7);
+  const opt = new SGD(model.trainableParameters(), {
+    lr: 0.05,
+    momentum: 0.9,
+    weightDecay: 1e-5,
+  });
+  const gen = new Generator(8);
+  const [x1, x2] = [randn([8, 3, 8, 8], gen), randn([8, 3, 8, 8], gen)];
+  const backend = device();
+  // One step first so that teacher and student differ; then each step is
+  // one sgdUpdateMany and one axpbyMany (axpby also adds up gradients).
+  for (let i = 0; i < 2; i++) {
+    const calls = recordCalls(
+      [backend],
+      () => mecStep(model, opt, x1, x2, settings(i)),
+    ).get(backend)!;
+    const c = counts(calls);
+    assert.deepEqual(
+      [c.sgdUpdateMany, c.axpbyMany, c.sgdUpdate],
+      [1, 1, 0],
+      `step ${i}`,
+    );
+  }
+  // The EMA on copies of the teacher, one axpby per parameter.
+  const m = 0.99;
+  const teacher = model.teacher.parameters();
+  const student = model.encoder.parameters();
+  const copies = teacher.map((t) => {
+    const b = backend.alloc(t.size);
+    backend.write(b, t.toArray());
+    return b;
+  });
+  teacher.forEach((t, i) =>
+    backend.axpby({
+      n: t.size,
+      alpha: 1 - m,
+      x: student[i].buffer,
+      beta: m,
+      y: copies[i],
+    })
+  );
+  const calls = recordCalls([backend], () => model.updateTeacher(m)).get(
+    backend,
+  )!;
+  assert.deepEqual(counts(calls), only({ axpbyMany: 1 }));
+  const ema = calls[0].op === "axpbyMany" ? calls[0].args : null;
+  assert.deepEqual(
+    [ema?.alpha, ema?.beta, ema?.lengths],
+    [1 - m, m, teacher.map((t) => t.size)],
+  );
+  teacher.forEach((t, i) => {
+    const want = new Uint32Array(backend.read(copies[i]).buffer);
+    const got = new Uint32Array(t.toArray().buffer);
+    assert.deepEqual([...got], [...want], `teacher parameter ${i}`);
+    backend.free(copies[i]);
+  });
+  opt.dispose();
   model.dispose();
 });

@@ -13,13 +13,20 @@ extern "C" __global__ void fill(float* y, int count, int stride, float value) {
   }
 }
 
-// y = alpha * x + beta * y. With beta == 0, y is not read: whatever it
-// holds (NaN included) must not leak into the result.
+// y[i] = alpha * x[i] + beta * y[i]. With beta == 0, y is not read: whatever
+// it holds (NaN included) must not leak into the result. axpby and
+// axpby_many (optim_source.ts) share it, so they compute the same bits.
+__device__ __forceinline__ void axpby_element(i64 i, double alpha,
+                                              const float* x, double beta,
+                                              float* y) {
+  y[i] = beta == 0 ? (float)(alpha * x[i])
+                   : (float)(alpha * x[i] + beta * y[i]);
+}
+
 extern "C" __global__ void axpby(int n, double alpha, const float* x,
                                  double beta, float* y) {
   for (i64 i = first_index(); i < n; i += grid_stride()) {
-    y[i] = beta == 0 ? (float)(alpha * x[i])
-                     : (float)(alpha * x[i] + beta * y[i]);
+    axpby_element(i, alpha, x, beta, y);
   }
 }
 

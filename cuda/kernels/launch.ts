@@ -265,3 +265,53 @@ export function partialBytes(plan: SumRowsPlan | SumColsPlan): number {
   const outputs = plan.kind === "rows" ? plan.m : plan.d0 * plan.d2;
   return outputs * plan.chunks * SUM_BYTES;
 }
+
+/**
+ * A multi-tensor launch (sgd_update_many, axpby_many): the prefix offsets of
+ * the tensors' lengths, which the device table holds, and one 1-D
+ * grid-stride loop over their total.
+ */
+export interface MultiTensorPlan {
+  /**
+   * `lengths.length + 1` offsets: offsets[t] is the sum of the lengths
+   * before tensor t, so tensor t is elements offsets[t] .. offsets[t + 1] - 1
+   * of the loop, and offsets[tensors] is the total.
+   */
+  offsets: number[];
+  /** Elements of all tensors together; may exceed 2^31 (the loop is 64-bit). */
+  total: number;
+  config: LaunchConfig;
+}
+
+/**
+ * The plan of a multi-tensor launch over tensors of `lengths` elements (whole
+ * numbers, zeros allowed): the grid of `elementwise(total)`, capped at
+ * `maxBlocks` blocks too when given (tests pass a few, so that each thread
+ * crosses several tensors). Throws a RangeError for a bad length or a total
+ * past 2^53, where the offsets would stop being exact.
+ */
+export function multiTensor(
+  lengths: readonly number[],
+  maxBlocks: number = MAX_BLOCKS,
+): MultiTensorPlan {
+  const offsets = new Array<number>(lengths.length + 1);
+  let total = 0;
+  offsets[0] = 0;
+  for (let t = 0; t < lengths.length; t++) {
+    const n = lengths[t];
+    if (!Number.isInteger(n) || n < 0) {
+      throw new RangeError(`tensor ${t} has length ${n}, not a whole number`);
+    }
+    total += n;
+    if (!Number.isSafeInteger(total)) {
+      throw new RangeError(`the tensors' total length passes 2^53`);
+    }
+    offsets[t + 1] = total;
+  }
+  const config: LaunchConfig = {
+    grid: [Math.min(ceilDiv(total, THREADS), MAX_BLOCKS, maxBlocks), 1, 1],
+    block: [THREADS, 1, 1],
+    shared: 0,
+  };
+  return { offsets, total, config };
+}

@@ -8,6 +8,9 @@
  * double, so that elementwise results should match it bit for bit (exp and
  * log aside, and opTensor's mul, whose three factors the CPU associates
  * differently when b is a scalar per row) and sums match it to rounding.
+ * The optimiser step and the teacher's EMA run as one launch over all
+ * their tensors (sgdUpdateMany, axpbyMany), over a table of the tensors
+ * kept on the device (tables.ts).
  * No op synchronises with the host; sums use no atomics, so two runs give
  * bitwise-equal results. Two things a kernel cannot do as the
  * CPU does: throw for a label that is not a class index (that row's loss
@@ -21,6 +24,7 @@
 import type {
   AddTensorArgs,
   AxpbyArgs,
+  AxpbyManyArgs,
   DotArgs,
   FillArgs,
   L2NormalizeBackwardArgs,
@@ -29,11 +33,14 @@ import type {
   OpTensorArgs,
   ReduceSumArgs,
   ScaleShiftArgs,
+  SgdStep,
   SgdUpdateArgs,
+  SgdUpdateManyArgs,
   SoftmaxCrossEntropyBackwardArgs,
   SoftmaxCrossEntropyForwardArgs,
   UnaryArgs,
 } from "../../nn/backend.ts";
+import { tensorCount } from "../../nn/backend.ts";
 import { addr } from "../buffer.ts";
 import {
   launchKernel,
@@ -48,6 +55,7 @@ import {
   elementwise,
   isEmpty,
   type LaunchConfig,
+  multiTensor,
   partialBytes,
   rows,
   sumAll,
@@ -63,6 +71,11 @@ import {
 } from "./ops.ts";
 import { broadcastForm, reduceForm } from "./shapes.ts";
 import {
+  TableCache,
+  type TableCacheStats,
+  type TableMemory,
+} from "./tables.ts";
+import {
   KERNEL_NAMES,
   type KernelArgs,
   type KernelName,
@@ -74,6 +87,12 @@ export { cacheKey, defaultCacheDir } from "./cache.ts";
 export { KERNEL_NAMES, type KernelName } from "./signatures.ts";
 export { KERNEL_SOURCE } from "./source.ts";
 export type { LaunchConfig } from "./launch.ts";
+export {
+  TABLE_CACHE_SIZE,
+  TableCache,
+  type TableCacheStats,
+  type TableMemory,
+} from "./tables.ts";
 
 /**
  * Device scratch memory from the backend's caching allocator. Freeing right
@@ -98,26 +117,67 @@ export type Launcher = <K extends KernelName>(
 /** Bytes of a partial sum and of LARC's rate pair (doubles). */
 const DOUBLE = 8;
 
+/** What sgd_update does with the buffer: the CPU backend's three cases. */
+function sgdMode(hasBuffer: boolean, step: SgdStep): SgdMode {
+  if (!hasBuffer || step.momentum === 0) return "plain";
+  return step.firstStep ? "first" : "later";
+}
+
+/** The column of sgd_update_many's table that holds the gradients. */
+const GRAD_COLUMN = 1;
+
+/** sgd_update's and sgd_update_many's hyper-parameters. */
+function sgdHyper(mode: SgdMode, step: SgdStep) {
+  return {
+    mode: opCode(SGD_MODES, mode),
+    nesterov: step.nesterov ? 1 : 0,
+    lr: step.lr,
+    momentum: step.momentum,
+    keep: 1 - step.dampening,
+    weight_decay: step.weightDecay,
+  };
+}
+
+/** Table memory of kernels made without any: a multi-tensor op throws. */
+const NO_TABLES: TableMemory = {
+  alloc(): bigint {
+    throw new Error(
+      "these kernels were made without table memory: the multi-tensor ops need one",
+    );
+  },
+  free(): void {},
+  write(): void {},
+};
+
 /** The kernels, loaded into the current CUDA context. */
 export class Kernels {
   readonly #launch: Launcher;
   readonly #scratch: Scratch;
   readonly #unload: () => void;
+  /** The device tables of the multi-tensor ops (tables.ts). */
+  readonly #tables: TableCache;
   /** Whether the CUBIN came from the disk cache (false: NVRTC compiled it). */
   readonly fromCache: boolean;
 
   /**
    * Kernels that queue through `launch`; `Kernels.load` makes the real ones.
-   * `unload` runs on dispose.
+   * `tables` is where the multi-tensor ops keep their tables (without it
+   * they throw); `unload` runs on dispose.
    */
   constructor(
     launch: Launcher,
     scratch: Scratch,
-    opts: { unload?: () => void; fromCache?: boolean } = {},
+    opts: {
+      unload?: () => void;
+      fromCache?: boolean;
+      tables?: TableMemory;
+      tableCapacity?: number;
+    } = {},
   ) {
     this.#launch = launch;
     this.#scratch = scratch;
     this.#unload = opts.unload ?? (() => {});
+    this.#tables = new TableCache(opts.tables ?? NO_TABLES, opts.tableCapacity);
     this.fromCache = opts.fromCache ?? false;
   }
 
@@ -126,12 +186,15 @@ export class Kernels {
    * from the disk cache (`cacheDir`, default `defaultCacheDir()`, null for
    * none), loads the module (cuModuleLoadData) and looks up every function.
    * Needs a current CUDA context (a GPU), so it is not run in CI. A cached
-   * image that the driver refuses is rebuilt once.
+   * image that the driver refuses is rebuilt once. The multi-tensor ops'
+   * tables live in `scratch` blocks held until evicted, written by `upload`
+   * (the backend's pinned staging, queued on `stream`).
    */
   static load(opts: {
     arch: string;
     stream: Deno.PointerValue;
     scratch: Scratch;
+    upload: (address: bigint, data: Float32Array) => void;
     cacheDir?: string | null;
   }): Kernels {
     const dir = opts.cacheDir === undefined ? defaultCacheDir() : opts.cacheDir;
@@ -163,15 +226,27 @@ export class Kernels {
         stream,
         marshal(kernel, args),
       );
-    return new Kernels(launch, opts.scratch, {
+    const scratch = opts.scratch;
+    return new Kernels(launch, scratch, {
       unload: () => moduleUnload(module),
       fromCache: built.hit,
+      tables: {
+        alloc: (bytes) => scratch.alloc(bytes),
+        free: (address) => scratch.free(address),
+        write: opts.upload,
+      },
     });
   }
 
-  /** Unloads the module; the kernels must not be used again. */
+  /** Frees the tables and unloads the module; the kernels must not be used again. */
   dispose(): void {
+    this.#tables.clear();
     this.#unload();
+  }
+
+  /** How often the multi-tensor ops found their table on the device. */
+  tableStats(): TableCacheStats {
+    return this.#tables.stats();
   }
 
   [Symbol.dispose](): void {
@@ -343,14 +418,25 @@ export class Kernels {
     });
   }
 
+  /**
+   * The teacher's EMA and any other list of axpbys: one launch of
+   * axpby_many over a cached table of (x, y) columns.
+   */
+  axpbyMany({ alpha, beta, xs, ys, lengths }: AxpbyManyArgs): void {
+    const tensors = tensorCount("axpbyMany", lengths, { xs, ys });
+    const plan = multiTensor(lengths);
+    if (plan.total === 0) return;
+    const table = this.#tables.address(plan.offsets, [
+      xs.map((x) => addr(x)),
+      ys.map((y) => addr(y)),
+    ]);
+    this.#run("axpby_many", plan.config, { tensors, table, alpha, beta });
+  }
+
   sgdUpdate(
     { param, grad, momentumBuffer, length, step }: SgdUpdateArgs,
   ): void {
-    const mode: SgdMode = momentumBuffer === null || step.momentum === 0
-      ? "plain"
-      : step.firstStep
-      ? "first"
-      : "later";
+    const mode = sgdMode(momentumBuffer !== null, step);
     this.#run("sgd_update", elementwise(length), {
       n: length,
       param: addr(param),
@@ -358,12 +444,37 @@ export class Kernels {
       buf: mode === "plain" || momentumBuffer === null
         ? 0n
         : addr(momentumBuffer),
-      mode: opCode(SGD_MODES, mode),
-      nesterov: step.nesterov ? 1 : 0,
-      lr: step.lr,
-      momentum: step.momentum,
-      keep: 1 - step.dampening,
-      weight_decay: step.weightDecay,
+      ...sgdHyper(mode, step),
+    });
+  }
+
+  /**
+   * An optimiser step over many tensors: one launch of sgd_update_many over
+   * a cached table of (param, grad, buf) columns, buf 0 without momentum.
+   */
+  sgdUpdateMany(a: SgdUpdateManyArgs): void {
+    const { params, grads, momentumBuffers: bufs, lengths, step } = a;
+    const tensors = tensorCount("sgdUpdateMany", lengths, {
+      params,
+      grads,
+      momentumBuffers: bufs,
+    });
+    const plan = multiTensor(lengths);
+    if (plan.total === 0) return;
+    const mode = sgdMode(bufs !== null, step);
+    // Gradients move from step to step (see tables.ts): their column is
+    // volatile, rewritten in place rather than making a new table.
+    const table = this.#tables.address(plan.offsets, [
+      params.map((p) => addr(p)),
+      grads.map((g) => addr(g)),
+      mode === "plain" || bufs === null
+        ? new Array<bigint>(tensors).fill(0n)
+        : bufs.map((b) => addr(b)),
+    ], [GRAD_COLUMN]);
+    this.#run("sgd_update_many", plan.config, {
+      tensors,
+      table,
+      ...sgdHyper(mode, step),
     });
   }
 

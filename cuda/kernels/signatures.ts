@@ -110,6 +110,22 @@ export const KERNELS = {
     ["keep", "double"],
     ["weight_decay", "double"],
   ],
+  sgd_update_many: [
+    ["tensors", "int"],
+    ["table", "ptr"],
+    ["mode", "int"],
+    ["nesterov", "int"],
+    ["lr", "double"],
+    ["momentum", "double"],
+    ["keep", "double"],
+    ["weight_decay", "double"],
+  ],
+  axpby_many: [
+    ["tensors", "int"],
+    ["table", "ptr"],
+    ["alpha", "double"],
+    ["beta", "double"],
+  ],
   sum_squares2: [["n", "int"], ["a", "ptr"], ["b", "ptr"], [
     "partials",
     "ptr",
