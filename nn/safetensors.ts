@@ -321,17 +321,19 @@ function toFloat32(dtype: string, raw: Uint8Array<ArrayBuffer>): Float32Array {
   }
 }
 
-function decode(bytes: Uint8Array, where: string): Safetensors {
-  // Typed explicitly so that TypeScript narrows after each call.
-  const fail: (detail: string) => never = (detail) => {
-    throw new Error(`${where}: ${detail}`);
-  };
-  if (bytes.length < 8) {
-    fail(
-      `${bytes.length} bytes is too short for safetensors, which starts with an 8-byte header length`,
-    );
-  }
-  const n = new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(
+/** A parsed, validated header: its entries and metadata. */
+interface Header {
+  entries: Entry[];
+  metadata: Record<string, string>;
+}
+
+/** The 8-byte header length, checked against the bytes that follow it. */
+function headerLength(
+  prefix: Uint8Array,
+  following: number,
+  fail: (detail: string) => never,
+): number {
+  const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(
     0,
     true,
   );
@@ -340,15 +342,25 @@ function decode(bytes: Uint8Array, where: string): Safetensors {
       `header length ${n} bytes is over the ${MAX_HEADER_BYTES}-byte limit (not a safetensors file?)`,
     );
   }
-  const headerLength = Number(n);
-  if (headerLength > bytes.length - 8) {
+  const length = Number(n);
+  if (length > following) {
     fail(
-      `header length ${headerLength} bytes is more than the ${
-        bytes.length - 8
-      } bytes that follow the length (truncated file?)`,
+      `header length ${length} bytes is more than the ${following} bytes that follow the length (truncated file?)`,
     );
   }
-  const headerBytes = bytes.subarray(8, 8 + headerLength);
+  return length;
+}
+
+/**
+ * Parses the JSON header and checks every entry against a data buffer of
+ * `dataLength` bytes (in range, sized by dtype and shape, tiling the buffer
+ * exactly), so that nothing is allocated for a tensor the file cannot hold.
+ */
+function parseHeader(
+  headerBytes: Uint8Array,
+  dataLength: number,
+  fail: (detail: string) => never,
+): Header {
   if (headerBytes[0] !== 0x7b) fail(`header does not start with "{"`);
   let text: string;
   try {
@@ -384,8 +396,6 @@ function decode(bytes: Uint8Array, where: string): Safetensors {
     }
   }
 
-  const dataStart = 8 + headerLength;
-  const dataLength = bytes.length - dataStart;
   for (const e of entries) {
     if (e.begin > e.end || e.end > dataLength) {
       fail(
@@ -432,15 +442,43 @@ function decode(bytes: Uint8Array, where: string): Safetensors {
       `bytes [${covered}, ${dataLength}) of the data buffer belong to no tensor`,
     );
   }
+  return { entries, metadata };
+}
 
+/** The tensors of a validated header, from the data buffer's bytes. */
+function decodeTensors(header: Header, data: Uint8Array): Safetensors {
   const tensors = new Map<string, HostTensor>();
-  for (const e of entries) {
+  for (const e of header.entries) {
     // slice() gives each tensor its own aligned buffer: one copy, and no
     // aliasing of the caller's bytes.
-    const raw = bytes.slice(dataStart + e.begin, dataStart + e.end);
+    const raw = data.slice(e.begin, e.end);
     tensors.set(e.name, { shape: e.shape, data: toFloat32(e.dtype, raw) });
   }
-  return { tensors, metadata };
+  return { tensors, metadata: header.metadata };
+}
+
+/** A failure of one file (or of bytes): `where: detail`. */
+function failer(where: string): (detail: string) => never {
+  return (detail) => {
+    throw new Error(`${where}: ${detail}`);
+  };
+}
+
+function tooShort(length: number): string {
+  return `${length} bytes is too short for safetensors, which starts with an 8-byte header length`;
+}
+
+function decode(bytes: Uint8Array, where: string): Safetensors {
+  // Typed explicitly so that TypeScript narrows after each call.
+  const fail: (detail: string) => never = failer(where);
+  if (bytes.length < 8) fail(tooShort(bytes.length));
+  const length = headerLength(bytes, bytes.length - 8, fail);
+  const header = parseHeader(
+    bytes.subarray(8, 8 + length),
+    bytes.length - 8 - length,
+    fail,
+  );
+  return decodeTensors(header, bytes.subarray(8 + length));
 }
 
 /**
@@ -459,9 +497,11 @@ export function decodeSafetensors(bytes: Uint8Array): Safetensors {
 
 /**
  * Writes `data` to `path` atomically: into a temporary file in the same
- * folder, flushed to disk, then renamed over `path`. A crash at any point
- * leaves `path` either as it was or complete; the temporary file is removed
- * when anything fails.
+ * folder (`.<name>.<pid>-<8 hex>.tmp`, locked while it is written), flushed
+ * to disk, then renamed over `path`. A crash at any point leaves `path`
+ * either as it was or complete; the temporary file is removed when anything
+ * fails, and one left by a killed process is found by
+ * {@link removeStaleTemporaries}.
  *
  * @throws Error naming `path`, with the underlying error as `cause`.
  */
@@ -472,23 +512,27 @@ export async function writeFileAtomic(
   // Same folder, so the rename stays on one file system and is atomic.
   const temp = join(
     dirname(path),
-    `.${basename(path)}.${crypto.randomUUID().slice(0, 8)}.tmp`,
+    `.${basename(path)}.${Deno.pid}-${crypto.randomUUID().slice(0, 8)}.tmp`,
   );
   let created = false;
   try {
     const file = await Deno.open(temp, { write: true, createNew: true });
     created = true;
     try {
+      // Held until the file is closed, after the rename: a temporary file
+      // whose lock is free has no writer (see removeStaleTemporaries).
+      await file.lock(true);
       for (let done = 0; done < data.length;) {
         done += await file.write(data.subarray(done));
       }
       // Without the flush a crash after the rename could leave `path` naming
       // a file whose blocks never reached the disk.
       await file.sync();
+      await Deno.rename(temp, path);
+      created = false;
     } finally {
       file.close();
     }
-    await Deno.rename(temp, path);
   } catch (e) {
     if (created) await Deno.remove(temp).catch(() => {});
     throw new Error(`cannot write ${path}: ${(e as Error).message}`, {
@@ -510,11 +554,147 @@ export async function writeSafetensors(
 }
 
 /**
- * Reads a safetensors file (see {@link decodeSafetensors}).
+ * What kind of file system object `info` describes, for messages: "a
+ * FIFO", "a character device", ...
+ */
+export function describeFileType(info: Deno.FileInfo): string {
+  if (info.isFile) return "a regular file";
+  if (info.isDirectory) return "a folder";
+  if (info.isFifo) return "a FIFO (named pipe)";
+  if (info.isCharDevice) return "a character device";
+  if (info.isBlockDevice) return "a block device";
+  if (info.isSocket) return "a socket";
+  return "not a regular file";
+}
+
+/**
+ * Reads exactly `length` bytes from the file's current position, or throws
+ * when it ends before.
+ */
+async function readExactly(
+  file: Deno.FsFile,
+  length: number,
+  fail: (detail: string) => never,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const out = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = await file.read(out.subarray(done));
+    if (n === null) {
+      fail(
+        `the file ended after ${done} of ${length} bytes (did it change while being read?)`,
+      );
+    }
+    done += n;
+  }
+  return out;
+}
+
+/**
+ * Reads a safetensors file (see {@link decodeSafetensors}) without trusting
+ * it: the path must be a regular file (a FIFO, a device such as /dev/zero
+ * or a folder is refused before it is opened, so nothing blocks or reads
+ * without end); the header length and every tensor's bytes are checked
+ * against the file's size before the tensors are read, so that no header
+ * can make it allocate more than the file holds.
  *
- * @throws Error whose message starts with `path` when the file is malformed;
- * the file system's own error (which names the path) when it cannot be read.
+ * @throws Error whose message starts with `path` when the file is malformed
+ * or not a regular file; the file system's own error (which names the path)
+ * when it cannot be read.
  */
 export async function readSafetensors(path: string): Promise<Safetensors> {
-  return decode(await Deno.readFile(path), path);
+  const fail = failer(path);
+  const info = await Deno.stat(path);
+  if (!info.isFile) fail(`it is ${describeFileType(info)}, not a regular file`);
+  const size = info.size;
+  if (size < 8) fail(tooShort(size));
+  using file = await Deno.open(path, { read: true });
+  const length = headerLength(await readExactly(file, 8, fail), size - 8, fail);
+  const header = parseHeader(
+    await readExactly(file, length, fail),
+    size - 8 - length,
+    fail,
+  );
+  return decodeTensors(
+    header,
+    await readExactly(file, size - 8 - length, fail),
+  );
+}
+
+/**
+ * Whether `name` is a temporary file of {@link writeFileAtomic}'s naming,
+ * `.<target>.<pid>-<8 hex>.tmp` (or, from earlier versions,
+ * `.<target>.<8 hex>.tmp`); returns the target and the writer's process id
+ * (null for the earlier naming), or null.
+ */
+export function parseTemporaryName(
+  name: string,
+): { target: string; pid: number | null } | null {
+  const m = /^\.(.+)\.(?:(\d+)-)?[0-9a-f]{8}\.tmp$/.exec(name);
+  if (m === null) return null;
+  return { target: m[1], pid: m[2] === undefined ? null : Number(m[2]) };
+}
+
+/**
+ * A temporary file of the earlier naming (which took no lock) belongs to no
+ * live writer once nobody has written to it for this long.
+ */
+export const STALE_UNLOCKED_MS = 10 * 60 * 1000;
+
+/**
+ * A locked-naming temporary file must also be this old to count as stale:
+ * it closes the moment between a writer creating the file and locking it.
+ */
+export const STALE_LOCKED_MS = 2000;
+
+/**
+ * Removes the temporary files that interrupted {@link writeFileAtomic}
+ * calls left in `dir`, and returns their names. Only regular files of its
+ * naming whose target `isTarget` accepts (the caller's own kind of file)
+ * are touched, and only stale ones: no process holds the lock that every
+ * writer keeps until it has renamed its file (and the file is
+ * {@link STALE_LOCKED_MS} old), or, for the earlier naming without a lock,
+ * nobody has written to it for {@link STALE_UNLOCKED_MS}. A missing folder
+ * has none.
+ */
+export async function removeStaleTemporaries(
+  dir: string,
+  isTarget: (target: string) => boolean,
+): Promise<string[]> {
+  const removed: string[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = await Array.fromAsync(Deno.readDir(dir));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return removed;
+    throw e;
+  }
+  for (const entry of entries) {
+    const parsed = parseTemporaryName(entry.name);
+    if (parsed === null || !entry.isFile || !isTarget(parsed.target)) continue;
+    const path = join(dir, entry.name);
+    let file: Deno.FsFile;
+    try {
+      file = await Deno.open(path, { read: true });
+    } catch {
+      continue; // renamed or removed meanwhile
+    }
+    try {
+      const info = await file.stat();
+      if (!info.isFile) continue;
+      const age = Date.now() - (info.mtime?.getTime() ?? 0);
+      const stale = parsed.pid === null
+        ? age >= STALE_UNLOCKED_MS
+        : age >= STALE_LOCKED_MS && await file.tryLock(true);
+      if (!stale) continue;
+      // By name: a writer that renamed its file meanwhile lost nothing.
+      await Deno.remove(path);
+      removed.push(entry.name);
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    } finally {
+      file.close();
+    }
+  }
+  return removed.sort();
 }

@@ -3,7 +3,9 @@ import {
   decodeSafetensors,
   encodeSafetensors,
   type HostTensor,
+  parseTemporaryName,
   readSafetensors,
+  removeStaleTemporaries,
   writeFileAtomic,
   writeSafetensors,
 } from "../nn/safetensors.ts";
@@ -570,4 +572,126 @@ Deno.test("I64 and I32 tensors (PyTorch's num_batches_tracked) read as float32",
   assert.deepEqual([...tensors.get("n")!.data], [12345]);
   assert.deepEqual([...tensors.get("n")!.shape], []);
   assert.deepEqual([...tensors.get("m")!.data], [-7, 1 << 20]);
+});
+
+Deno.test("readSafetensors refuses a FIFO, a device and a folder by type, without blocking", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const zero = join(dir, "zero.safetensors");
+    await Deno.symlink("/dev/zero", zero);
+    const cases: [string, string][] = [
+      [zero, "it is a character device, not a regular file"],
+      [dir, "it is a folder, not a regular file"],
+    ];
+    const fifo = join(dir, "fifo.safetensors");
+    const made = await new Deno.Command("mkfifo", { args: [fifo] }).output()
+      .then((o) => o.success, () => false);
+    if (made) {
+      cases.push([fifo, "it is a FIFO (named pipe), not a regular file"]);
+    }
+    for (const [path, reason] of cases) {
+      await assert.rejects(readSafetensors(path), (e: Error) => {
+        assert.equal(e.message, `${path}: ${reason}`);
+        return true;
+      });
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("readSafetensors checks the header against the file's size before reading tensors", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // A header that claims 4 GB of tensor data in a file of a few bytes.
+    const path = join(dir, "claims.safetensors");
+    const header = JSON.stringify({
+      w: { dtype: "F32", shape: [1 << 30], data_offsets: [0, 4 * (1 << 30)] },
+    });
+    await Deno.writeFile(path, build(header, [0, 0, 0, 0]));
+    await assert.rejects(readSafetensors(path), (e: Error) => {
+      assert.match(
+        e.message,
+        /: tensor "w" has data_offsets \[0, 4294967296\] outside the data buffer of 4 bytes$/,
+      );
+      return true;
+    });
+    // A header length longer than the file.
+    const long = join(dir, "long.safetensors");
+    const bytes = new Uint8Array(16);
+    new DataView(bytes.buffer).setBigUint64(0, 1000n, true);
+    await Deno.writeFile(long, bytes);
+    await assert.rejects(
+      readSafetensors(long),
+      /header length 1000 bytes is more than the 8 bytes that follow the length/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("removeStaleTemporaries removes only unlocked temporary files of the caller's kind", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const old = new Date(Date.now() - 60_000);
+    const stale = `.a.safetensors.${Deno.pid}-00000000.tmp`;
+    const locked = `.b.safetensors.${Deno.pid}-11111111.tmp`;
+    const young = `.c.safetensors.${Deno.pid}-22222222.tmp`;
+    const other = `.d.json.${Deno.pid}-33333333.tmp`;
+    for (const name of [stale, locked, young, other]) {
+      await Deno.writeFile(join(dir, name), new Uint8Array(1));
+      if (name !== young) await Deno.utime(join(dir, name), old, old);
+    }
+    using writer = await Deno.open(join(dir, locked), { write: true });
+    await writer.lock(true);
+    const removed = await removeStaleTemporaries(
+      dir,
+      (target) => target.endsWith(".safetensors"),
+    );
+    assert.deepEqual(removed, [stale]);
+    const left = (await Array.fromAsync(Deno.readDir(dir))).map((e) => e.name);
+    assert.deepEqual(left.sort(), [locked, young, other].sort());
+    assert.deepEqual(
+      await removeStaleTemporaries(join(dir, "none"), () => true),
+      [],
+    );
+    assert.deepEqual(parseTemporaryName(".x.safetensors.12-abcdef01.tmp"), {
+      target: "x.safetensors",
+      pid: 12,
+    });
+    assert.deepEqual(parseTemporaryName(".x.safetensors.abcdef01.tmp"), {
+      target: "x.safetensors",
+      pid: null,
+    });
+    assert.equal(parseTemporaryName("x.safetensors"), null);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("writeFileAtomic names its temporary file with its process id and holds its lock until the rename", async () => {
+  const dir = await Deno.makeTempDir();
+  const rename = Deno.rename;
+  try {
+    const path = join(dir, "ckpt.safetensors");
+    const seen: string[] = [];
+    Deno.rename = async (from, to) => {
+      seen.push(String(from));
+      // Another process (here, another open file description) cannot take
+      // the lock while the writer holds it.
+      using other = await Deno.open(from, { read: true });
+      assert.equal(await other.tryLock(true), false);
+      return rename(from, to);
+    };
+    await writeFileAtomic(path, new Uint8Array([1, 2, 3]));
+    assert.equal(seen.length, 1);
+    assert.equal(dirname(seen[0]), dir);
+    assert.deepEqual(parseTemporaryName(seen[0].slice(dir.length + 1)), {
+      target: "ckpt.safetensors",
+      pid: Deno.pid,
+    });
+  } finally {
+    Deno.rename = rename;
+    await Deno.remove(dir, { recursive: true });
+  }
 });
