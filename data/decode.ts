@@ -26,8 +26,22 @@ export class DecodeError extends Error {
   override name = "DecodeError";
 }
 
-/** Larger images are refused: the decoders hold the whole image in memory. */
-const MAX_MEGAPIXELS = 100;
+/**
+ * The pixel budget of one image: larger ones are refused from the sizes in
+ * their headers, before any decoding. The decoders hold the whole image in
+ * memory, jpeg-js about 16 bytes per pixel while it decodes (a 9,999 x
+ * 9,999 header made it take 1.6 GB and 4 s) and pngjs about 9, in every
+ * worker at once; 50 million pixels (about 800 MB in jpeg-js) still takes a
+ * 48-megapixel phone photo (8064 x 6048) and any ImageNet image.
+ */
+export const MAX_IMAGE_PIXELS = 50_000_000;
+
+/**
+ * The size budget of one image file: larger files are refused before they
+ * are read. A JPEG or PNG within {@link MAX_IMAGE_PIXELS} is far smaller
+ * (the 50 megapixels as uncompressed 8-bit RGBA take 200 MB).
+ */
+export const MAX_IMAGE_FILE_BYTES = 256 * 1024 * 1024;
 
 /** The image formats {@link decodeImage} recognises by their first bytes. */
 export type ImageFormat = "jpeg" | "png";
@@ -50,9 +64,70 @@ export function sniffFormat(bytes: Uint8Array): ImageFormat | null {
  */
 export function decodeImage(bytes: Uint8Array): RgbImage {
   const format = sniffFormat(bytes);
-  if (format === "jpeg") return decodeJpeg(bytes);
-  if (format === "png") return decodePng(bytes);
-  throw new DecodeError("not a JPEG or PNG file");
+  if (format === null) throw new DecodeError("not a JPEG or PNG file");
+  const size = format === "jpeg" ? jpegSize(bytes) : pngSize(bytes);
+  if (size !== null) checkPixels(format, size.width, size.height);
+  return format === "jpeg" ? decodeJpeg(bytes) : decodePng(bytes);
+}
+
+/** Refuses an image over {@link MAX_IMAGE_PIXELS} before it is decoded. */
+function checkPixels(format: ImageFormat, width: number, height: number) {
+  if (width * height > MAX_IMAGE_PIXELS) {
+    throw new DecodeError(
+      `${
+        format === "jpeg" ? "JPEG" : "PNG"
+      } of ${width}x${height} pixels is over the budget of ${
+        MAX_IMAGE_PIXELS / 1e6
+      } megapixels`,
+    );
+  }
+}
+
+/**
+ * The width and height a JPEG's frame header (SOF) announces, found by
+ * walking the marker segments up to it; null when there is none before the
+ * first scan (the decoder then says what is wrong).
+ */
+export function jpegSize(
+  bytes: Uint8Array,
+): { width: number; height: number } | null {
+  let pos = 2;
+  while (pos + 4 <= bytes.length) {
+    if (bytes[pos] !== 0xff) return null;
+    const marker = bytes[pos + 1];
+    if (marker === 0xff) {
+      pos++; // fill byte
+      continue;
+    }
+    // Markers without a length: TEM and RST0..7.
+    if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd7)) {
+      pos += 2;
+      continue;
+    }
+    if (marker === 0xda || marker === 0xd9) return null;
+    const length = (bytes[pos + 2] << 8) | bytes[pos + 3];
+    const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 &&
+      marker !== 0xc8 && marker !== 0xcc;
+    if (isFrame) {
+      if (pos + 9 > bytes.length) return null;
+      const height = (bytes[pos + 5] << 8) | bytes[pos + 6];
+      const width = (bytes[pos + 7] << 8) | bytes[pos + 8];
+      return { width, height };
+    }
+    if (length < 2) return null;
+    pos += 2 + length;
+  }
+  return null;
+}
+
+/** The width and height of a PNG's IHDR chunk (which must come first). */
+export function pngSize(
+  bytes: Uint8Array,
+): { width: number; height: number } | null {
+  // Signature (8), chunk length (4), "IHDR" (4), width (4), height (4).
+  if (bytes.length < 24 || ascii(bytes, 12, 4) !== "IHDR") return null;
+  const view = new DataView(bytes.buffer, bytes.byteOffset, 24);
+  return { width: view.getUint32(16), height: view.getUint32(20) };
 }
 
 /**
@@ -139,7 +214,7 @@ function decodeJpeg(bytes: Uint8Array): RgbImage {
       // Damaged entropy-coded data decodes to what it can, as in libjpeg;
       // a file cut short is refused above.
       tolerantDecoding: true,
-      maxResolutionInMP: MAX_MEGAPIXELS,
+      maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6,
       maxMemoryUsageInMB: 1024,
     });
   } catch (e) {
@@ -162,9 +237,7 @@ function decodePng(bytes: Uint8Array): RgbImage {
     throw new DecodeError(`undecodable PNG (${errorText(e)})`);
   }
   const { width, height, data: rgba } = png;
-  if (width * height > MAX_MEGAPIXELS * 1e6) {
-    throw new DecodeError(`PNG of ${width}x${height} pixels is too large`);
-  }
+  checkPixels("png", width, height);
   // pngjs always expands to 8-bit RGBA (16-bit samples are scaled down).
   const n = width * height;
   const data = new Uint8Array(n * 3);

@@ -8,8 +8,10 @@
  */
 
 import { join, resolve } from "node:path";
+import { describeFileType } from "../nn/safetensors.ts";
 import type { Dataset, SampleSource } from "./dataset.ts";
 import { checkIndex } from "./dataset.ts";
+import { MAX_IMAGE_FILE_BYTES } from "./decode.ts";
 
 /**
  * The extensions ImageFolder takes: those of torchvision that the decoder
@@ -94,9 +96,65 @@ export class ImageFolder implements Dataset {
     return counts;
   }
 
+  /**
+   * The file's bytes. Only a regular file is opened (a FIFO, a device or a
+   * socket named like an image is refused by its type, so nothing blocks),
+   * and at most {@link MAX_IMAGE_FILE_BYTES} are read; a link that leads
+   * nowhere or to itself fails like a vanished file. The loader reports
+   * each refusal as a skipped image.
+   */
   async source(index: number): Promise<SampleSource> {
-    return { kind: "encoded", bytes: await Deno.readFile(this.path(index)) };
+    return { kind: "encoded", bytes: await readImageFile(this.path(index)) };
   }
+}
+
+/**
+ * Reads an image file, refusing anything but a regular file and files over
+ * {@link MAX_IMAGE_FILE_BYTES}; reads are bounded by that size even if the
+ * file grows meanwhile.
+ *
+ * @throws Error with a short reason ("it is a FIFO (named pipe), not a
+ * regular file"), or the file system's error without the path (the loader
+ * names the file).
+ */
+export async function readImageFile(path: string): Promise<Uint8Array> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (e) {
+    throw new Error(osReason(e));
+  }
+  if (!info.isFile) {
+    throw new Error(`it is ${describeFileType(info)}, not a regular file`);
+  }
+  if (info.size > MAX_IMAGE_FILE_BYTES) {
+    throw new Error(
+      `it is ${info.size} bytes, over the ${MAX_IMAGE_FILE_BYTES}-byte budget of an image file`,
+    );
+  }
+  try {
+    using file = await Deno.open(path, { read: true });
+    // One byte more than the size: a file that grew is noticed, not read on.
+    const bytes = new Uint8Array(info.size + 1);
+    let done = 0;
+    while (done < bytes.length) {
+      const n = await file.read(bytes.subarray(done));
+      if (n === null) break;
+      done += n;
+    }
+    if (done > info.size) {
+      throw new Error("it changed while being read");
+    }
+    return bytes.subarray(0, done);
+  } catch (e) {
+    throw new Error(osReason(e));
+  }
+}
+
+/** An error's message without Deno's trailing `: stat '/the/path'`. */
+function osReason(e: unknown): string {
+  const message = e instanceof Error ? e.message : String(e);
+  return message.replace(/: \w+ '[^']*'$/, "");
 }
 
 /**
@@ -191,14 +249,22 @@ async function classFolders(root: string): Promise<string[]> {
   return names.sort(compareCodePoints);
 }
 
+/**
+ * Whether an entry is a folder or a link to one. A link that leads nowhere
+ * or to itself (ELOOP) is not: it is listed like a file when named like an
+ * image, and skipped and reported when the loader cannot read it.
+ */
 async function isDirectory(
   dir: string,
   entry: Deno.DirEntry,
 ): Promise<boolean> {
   if (entry.isDirectory) return true;
   if (!entry.isSymlink) return false;
-  const target = await statOrNull(join(dir, entry.name));
-  return target?.isDirectory ?? false;
+  try {
+    return (await Deno.stat(join(dir, entry.name))).isDirectory;
+  } catch {
+    return false;
+  }
 }
 
 function hasImageExtension(name: string): boolean {

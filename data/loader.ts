@@ -94,16 +94,40 @@ export interface EpochSummary {
   timing: LoaderTiming;
 }
 
-/** One line for a log: the epoch's skipped files, or that there were none. */
+/**
+ * One line for a log: the epoch's unreadable files, each named once (a
+ * file can be skipped more than once in an epoch, as itself and as a
+ * drawn replacement), or that there were none.
+ */
 export function formatEpochSummary(summary: EpochSummary): string {
   const { epoch, skipped } = summary;
   if (skipped.length === 0) {
     return `epoch ${epoch}: ${summary.samples} images, none skipped`;
   }
-  const list = skipped.map((s) => `${s.name} (${s.reason})`).join(", ");
-  return `epoch ${epoch}: skipped ${skipped.length} unreadable image${
-    skipped.length === 1 ? "" : "s"
-  }: ${list}`;
+  const files = unreadableFiles(summary);
+  const list = files.map((s) => `${s.name} (${s.reason})`).join(", ");
+  const times = skipped.length === files.length
+    ? ""
+    : ` (${skipped.length} samples replaced)`;
+  return `epoch ${epoch}: skipped ${files.length} unreadable image${
+    files.length === 1 ? "" : "s"
+  }${times}: ${list}`;
+}
+
+/** The distinct unreadable samples of an epoch, in index order, with the first reason. */
+export function unreadableFiles(
+  summary: EpochSummary,
+): { index: number; name: string; reason: string }[] {
+  const seen = new Map<
+    number,
+    { index: number; name: string; reason: string }
+  >();
+  for (const s of summary.skipped) {
+    if (!seen.has(s.index)) {
+      seen.set(s.index, { index: s.index, name: s.name, reason: s.reason });
+    }
+  }
+  return [...seen.values()].sort((a, b) => a.index - b.index);
 }
 
 /** The views of a batch as tensors (copied to the device). */

@@ -10,6 +10,10 @@ export {
   DecodeError,
   decodeImage,
   type ImageFormat,
+  jpegSize,
+  MAX_IMAGE_FILE_BYTES,
+  MAX_IMAGE_PIXELS,
+  pngSize,
   type RgbImage,
   sniffFormat,
 } from "./decode.ts";
@@ -24,6 +28,7 @@ export {
   ImageFolder,
   imageFolder,
   type ImageFolderOptions,
+  readImageFile,
 } from "./folder.ts";
 export {
   adjustBrightness,
@@ -75,6 +80,7 @@ export {
   formatEpochSummary,
   type LoaderTiming,
   type SkippedSample,
+  unreadableFiles,
 } from "./loader.ts";
 export {
   BUILTIN_FASHION_MNIST,

@@ -5,7 +5,14 @@
  * damaged files reported as DecodeError.
  */
 
-import { DecodeError, decodeImage, sniffFormat } from "../data/decode.ts";
+import {
+  DecodeError,
+  decodeImage,
+  jpegSize,
+  MAX_IMAGE_PIXELS,
+  pngSize,
+  sniffFormat,
+} from "../data/decode.ts";
 import { assert } from "./assert.ts";
 
 const FIXTURES = new URL("./fixtures/go-image/", import.meta.url);
@@ -124,4 +131,56 @@ Deno.test("decodeImage() decodes the 500x375 photograph fixture", () => {
     high = Math.max(high, v);
   }
   assert.ok(low < 30 && high > 225, `range ${low}..${high}`);
+});
+
+Deno.test("jpegSize() and pngSize() read the sizes the headers announce", () => {
+  for (const name of ["video-001.jpeg", "video-001.progressive.jpeg"]) {
+    const image = decodeImage(read(name));
+    assert.deepEqual(jpegSize(read(name)), {
+      width: image.width,
+      height: image.height,
+    });
+  }
+  const png = decodeImage(read("video-001.png"));
+  assert.deepEqual(pngSize(read("video-001.png")), {
+    width: png.width,
+    height: png.height,
+  });
+  assert.equal(jpegSize(new Uint8Array([0xff, 0xd8, 0xff])), null);
+  assert.equal(pngSize(new Uint8Array(10)), null);
+});
+
+/** A copy of a fixture whose header claims `width` x `height` pixels. */
+function lying(name: string, width: number, height: number): Uint8Array {
+  const bytes = read(name).slice();
+  if (sniffFormat(bytes) === "png") {
+    new DataView(bytes.buffer).setUint32(16, width);
+    new DataView(bytes.buffer).setUint32(20, height);
+    return bytes;
+  }
+  for (let pos = 2; pos + 9 < bytes.length;) {
+    if (bytes[pos + 1] >= 0xc0 && bytes[pos + 1] <= 0xc2) {
+      bytes.set([height >> 8, height & 255, width >> 8, width & 255], pos + 5);
+      return bytes;
+    }
+    pos += 2 + ((bytes[pos + 2] << 8) | bytes[pos + 3]);
+  }
+  throw new Error("no frame header");
+}
+
+Deno.test("decodeImage() refuses a header over the pixel budget before decoding", () => {
+  // A 9,999 x 9,999 claim made jpeg-js take 1.6 GB and 4 s; refused from the
+  // header it costs nothing.
+  for (const name of ["video-001.q50.420.jpeg", "video-001.png"]) {
+    const t0 = performance.now();
+    assert.throws(
+      () => decodeImage(lying(name, 9999, 9999)),
+      (e: unknown) =>
+        e instanceof DecodeError &&
+        /^(JPEG|PNG) of 9999x9999 pixels is over the budget of 50 megapixels$/
+          .test(e.message),
+    );
+    assert.ok(performance.now() - t0 < 500, "refused without decoding");
+  }
+  assert.equal(MAX_IMAGE_PIXELS, 50_000_000);
 });

@@ -122,3 +122,39 @@ Deno.test("imageFolder() explains a missing, empty or image-less folder in one s
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("imageFolder() lists special files and broken links named like images, and source() refuses each in one phrase without blocking", async () => {
+  const root = await tree({
+    "a/1.jpg": "video-001.jpeg",
+    "b/2.jpg": "video-001.jpeg",
+  });
+  try {
+    await Deno.symlink("loop.jpg", join(root, "a/loop.jpg"));
+    await Deno.symlink("nowhere.jpg", join(root, "a/dangling.jpg"));
+    await Deno.symlink("/dev/zero", join(root, "b/zero.jpg"));
+    const fifo = await new Deno.Command("mkfifo", {
+      args: [join(root, "b/pipe.jpg")],
+    }).output().then((o) => o.success, () => false);
+    // A self-looping link used to stop the listing with ELOOP.
+    const folder = await imageFolder(root);
+    const reasons = new Map<string, string>();
+    for (let i = 0; i < folder.length; i++) {
+      await folder.source(i).then(
+        () => reasons.set(folder.name(i), "ok"),
+        (e: Error) => reasons.set(folder.name(i), e.message),
+      );
+    }
+    assert.deepEqual(Object.fromEntries(reasons), {
+      "a/1.jpg": "ok",
+      "a/dangling.jpg": "No such file or directory (os error 2)",
+      "a/loop.jpg": "Too many levels of symbolic links (os error 40)",
+      "b/2.jpg": "ok",
+      ...(fifo
+        ? { "b/pipe.jpg": "it is a FIFO (named pipe), not a regular file" }
+        : {}),
+      "b/zero.jpg": "it is a character device, not a regular file",
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

@@ -12,7 +12,9 @@ import {
   batchTensors,
   DataLoader,
   type DataLoaderOptions,
+  type EpochSummary,
   formatEpochSummary,
+  unreadableFiles,
 } from "../data/loader.ts";
 import { mecViews, probeEvalView } from "../data/pipelines.ts";
 import { Generator } from "../nn/random.ts";
@@ -237,4 +239,38 @@ Deno.test("DataLoader explains bad options in one sentence", () => {
     () => new DataLoader({ dataset, views: [probeEvalView(8)], batchSize: 31 }),
     /make no batch of 31/,
   );
+});
+
+Deno.test("formatEpochSummary() names a file skipped more than once only once", () => {
+  const timing = { readMs: 0, decodeMs: 0, augmentMs: 0, waitMs: 0 };
+  const summary: EpochSummary = {
+    epoch: 3,
+    batches: 1,
+    samples: 8,
+    // b.jpg failed as itself and again when drawn to replace a.jpg.
+    skipped: [
+      { index: 1, name: "a.jpg", reason: "truncated JPEG", replacement: 2 },
+      {
+        index: 2,
+        name: "b.jpg",
+        reason: "not a JPEG or PNG file",
+        replacement: 5,
+      },
+      {
+        index: 2,
+        name: "b.jpg",
+        reason: "not a JPEG or PNG file",
+        replacement: 6,
+      },
+    ],
+    timing,
+  };
+  assert.equal(
+    formatEpochSummary(summary),
+    "epoch 3: skipped 2 unreadable images (3 samples replaced): a.jpg (truncated JPEG), b.jpg (not a JPEG or PNG file)",
+  );
+  assert.deepEqual(unreadableFiles(summary).map((f) => f.name), [
+    "a.jpg",
+    "b.jpg",
+  ]);
 });
