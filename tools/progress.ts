@@ -77,36 +77,67 @@ export class StepTimer {
   }
 }
 
-/** One JSON object per line, appended to `<dir>/<name>`. */
+/**
+ * One JSON object per line, appended to `<dir>/<name>`. The file only ever
+ * holds whole records: each is written with one write call, and a write
+ * that fails or stops short (a full disk) is cut back to the last whole
+ * record before the error, which names the file, is thrown. A half record
+ * left by a process killed mid-write is cut off when the log is reopened.
+ */
 export class JsonLog {
   readonly path: string;
   #file: Deno.FsFile;
   #encoder = new TextEncoder();
+  /** Bytes of whole records in the file. */
+  #length: number;
 
-  private constructor(path: string, file: Deno.FsFile) {
+  private constructor(path: string, file: Deno.FsFile, length: number) {
     this.path = path;
     this.#file = file;
+    this.#length = length;
   }
 
   /** Opens (creating the folder, appending to an existing log). */
   static async open(dir: string, name = "log.jsonl"): Promise<JsonLog> {
     await Deno.mkdir(dir, { recursive: true });
     const path = join(dir, name);
-    const file = await Deno.open(path, {
-      create: true,
-      append: true,
-      write: true,
-    });
-    return new JsonLog(path, file);
+    try {
+      const file = await Deno.open(path, {
+        create: true,
+        append: true,
+        read: true,
+      });
+      return new JsonLog(path, file, await wholeRecords(file));
+    } catch (e) {
+      throw new Error(`cannot open the log ${path}: ${errorText(e)}`, {
+        cause: e,
+      });
+    }
   }
 
-  /** Writes one record, whole, so a crash never leaves half a line. */
+  /** Writes one record, whole, or throws naming the file and leaves none of it. */
   write(record: Record<string, unknown>): void {
     const bytes = this.#encoder.encode(JSON.stringify(record) + "\n");
-    let done = 0;
-    while (done < bytes.length) {
-      done += this.#file.writeSync(bytes.subarray(done));
+    let written = 0;
+    try {
+      // One call writes a whole record; a second is only needed after a
+      // short write, and on a full disk it fails with the system's reason.
+      while (written < bytes.length) {
+        written += this.#file.writeSync(bytes.subarray(written));
+      }
+    } catch (e) {
+      if (written > 0) {
+        try {
+          this.#file.truncateSync(this.#length);
+        } catch {
+          // Nothing more to do: the error below stops the run.
+        }
+      }
+      throw new Error(`cannot write the log ${this.path}: ${errorText(e)}`, {
+        cause: e,
+      });
     }
+    this.#length += bytes.length;
   }
 
   close(): void {
@@ -116,6 +147,39 @@ export class JsonLog {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/**
+ * The length of the file's whole records: up to and including its last
+ * newline. Anything after it (half a record) is cut off.
+ */
+async function wholeRecords(file: Deno.FsFile): Promise<number> {
+  const size = (await file.stat()).size;
+  const chunk = new Uint8Array(64 * 1024);
+  let end = size;
+  while (end > 0) {
+    const start = Math.max(0, end - chunk.length);
+    await file.seek(start, Deno.SeekMode.Start);
+    const part = chunk.subarray(0, end - start);
+    let done = 0;
+    while (done < part.length) {
+      const n = await file.read(part.subarray(done));
+      if (n === null) break;
+      done += n;
+    }
+    const last = part.subarray(0, done).lastIndexOf(0x0a);
+    if (last >= 0) {
+      end = start + last + 1;
+      break;
+    }
+    end = start;
+  }
+  if (end < size) await file.truncate(end);
+  return end;
+}
+
+function errorText(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).replace(/\.$/, "");
 }
 
 /** A number with `digits` significant digits, without exponent for common sizes. */
