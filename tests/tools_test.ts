@@ -37,6 +37,7 @@ const PERMISSIONS = [
   "--allow-write",
   "--allow-ffi",
   "--allow-env",
+  "--allow-sys=systemMemoryInfo",
 ];
 /** A tiny network and schedule: two epochs of two iterations. */
 const TINY = [

@@ -36,8 +36,17 @@ export interface FlagSpec {
   min?: number;
   /** Whether the smallest value itself is excluded (lr > 0, say). */
   exclusiveMin?: boolean;
+  /** Largest allowed value of a number (integers: at most 2^53 - 1 anyway). */
+  max?: number;
+  /** Whether the largest value itself is excluded (momentum < 1, say). */
+  exclusiveMax?: boolean;
   /** Allowed values of a string. */
   choices?: readonly string[];
+  /**
+   * Checks and normalises a string's value (throwing a UsageError that
+   * names the flag), where choices cannot say it.
+   */
+  parse?: (value: string) => string;
 }
 
 export type FlagValue = string | number | boolean;
@@ -50,7 +59,7 @@ export const SHARED_FLAGS = {
     short: "j",
     kind: "int",
     min: 0,
-    help: "data-loading worker threads (default 2)",
+    help: "data-loading worker threads (default 2; at most the CPU cores)",
   },
   printFreq: {
     name: "print-freq",
@@ -64,6 +73,7 @@ export const SHARED_FLAGS = {
     kind: "string",
     meta: "DEV",
     help: "cpu or cuda[:N] (default cpu)",
+    parse: chooseDevice,
   },
   tf32: {
     name: "tf32",
@@ -189,20 +199,54 @@ export function parseFlags(
 function checkValue(s: FlagSpec, raw: string | boolean): FlagValue {
   if (s.kind === "bool") return raw === true;
   const text = String(raw);
-  if (s.kind === "string") {
-    if (s.choices && !s.choices.includes(text)) {
-      throw new UsageError(
-        `--${s.name} must be one of ${s.choices.join(", ")}, not "${text}".`,
-      );
-    }
-    return text;
-  }
+  if (s.kind === "string") return checkSetting(s, text);
   const value = text.trim() === "" ? NaN : Number(text);
+  return checkNumber(s, value, text);
+}
+
+/**
+ * Checks a value against its flag's kind, choices and range, whether it came
+ * from the command line or from a checkpoint's record of the flags, so both
+ * are held to the same rules; returns it, or throws a UsageError naming the
+ * flag ("--arch must be one of ..., not "resnet7".").
+ */
+export function checkSetting(s: FlagSpec, value: unknown): FlagValue {
+  const shown = typeof value === "string"
+    ? `"${value}"`
+    : JSON.stringify(value) ?? String(value);
+  switch (s.kind) {
+    case "bool":
+      if (typeof value !== "boolean") {
+        throw new UsageError(
+          `--${s.name} must be true or false, not ${shown}.`,
+        );
+      }
+      return value;
+    case "string":
+      if (typeof value !== "string") {
+        throw new UsageError(`--${s.name} must be a string, not ${shown}.`);
+      }
+      if (s.choices && !s.choices.includes(value)) {
+        throw new UsageError(
+          `--${s.name} must be one of ${s.choices.join(", ")}, not ${shown}.`,
+        );
+      }
+      return s.parse ? s.parse(value) : value;
+    default:
+      return checkNumber(
+        s,
+        typeof value === "number" ? value : NaN,
+        typeof value === "number" ? String(value) : shown,
+      );
+  }
+}
+
+function checkNumber(s: FlagSpec, value: number, text: string): number {
   const what = s.kind === "int" ? "an integer" : "a number";
   if (
     !Number.isFinite(value) || (s.kind === "int" && !Number.isInteger(value))
   ) {
-    throw new UsageError(`--${s.name} must be ${what}, not "${text}".`);
+    throw new UsageError(`--${s.name} must be ${what}, not ${quoted(text)}.`);
   }
   if (
     s.min !== undefined &&
@@ -214,7 +258,22 @@ function checkValue(s: FlagSpec, raw: string | boolean): FlagValue {
       } ${s.min}, not ${text}.`,
     );
   }
+  // Integers past 2^53 are not exact: 1e20 + 1 === 1e20.
+  const max = s.max ??
+    (s.kind === "int" ? Number.MAX_SAFE_INTEGER : Infinity);
+  if (s.exclusiveMax ? !(value < max) : !(value <= max)) {
+    throw new UsageError(
+      `--${s.name} must be ${
+        s.exclusiveMax ? "below" : "at most"
+      } ${max}, not ${text}.`,
+    );
+  }
   return value;
+}
+
+/** A flag's text as the user typed it: quoted unless it reads as a number. */
+function quoted(text: string): string {
+  return text.startsWith('"') ? text : `"${text}"`;
 }
 
 /** parseArgs's TypeErrors, rephrased as one sentence about the flag. */
@@ -308,25 +367,105 @@ export async function exists(path: string): Promise<boolean> {
 }
 
 /**
+ * How long after the first Ctrl-C has been acknowledged a second one must
+ * come to count. A terminal sends SIGINT to the whole process group, so
+ * under `deno task` one key press reaches the tool twice within
+ * milliseconds (from the terminal, and again forwarded by `deno task`); a
+ * user who presses again on purpose has read the message first.
+ */
+export const REPEAT_INTERRUPT_MS = 1000;
+
+/**
  * Ctrl-C handling: the first SIGINT sets a flag that the training loop
- * reads after each step (so the step finishes and a checkpoint is saved);
- * a second one exits at once, for a user who does not want to wait.
+ * reads after each step (so the step finishes and a checkpoint is saved)
+ * and resolves {@link Interrupt.requestedSignal}, so that a loop waiting for
+ * data stops waiting; a second one, at least {@link REPEAT_INTERRUPT_MS}
+ * after the first was acknowledged, exits at once, for a user who does not
+ * want to wait.
  */
 export class Interrupt {
   requested = false;
+  /** Resolves at the first Ctrl-C. */
+  readonly requestedSignal: Promise<void>;
+  #resolve!: () => void;
+  #acknowledged = 0;
   #handler = () => {
-    if (this.requested) Deno.exit(EXIT.interrupted);
+    if (this.requested) {
+      if (performance.now() - this.#acknowledged >= REPEAT_INTERRUPT_MS) {
+        Deno.exit(EXIT.interrupted);
+      }
+      return;
+    }
     this.requested = true;
     console.error(
       "Interrupted: finishing this step and saving (Ctrl-C again to quit at once).",
     );
+    this.#acknowledged = performance.now();
+    this.#resolve();
   };
 
   constructor() {
+    this.requestedSignal = new Promise((resolve) => this.#resolve = resolve);
     Deno.addSignalListener("SIGINT", this.#handler);
   }
 
   [Symbol.dispose](): void {
     Deno.removeSignalListener("SIGINT", this.#handler);
   }
+}
+
+/**
+ * The flags a checkpoint recorded, held to the rules of the flag table:
+ * each field a flag sets is checked by {@link checkSetting} (null is
+ * allowed for the fields in `nullable`), fields no flag sets are left out,
+ * and the first bad value is an Error (exit 1) naming the checkpoint and the
+ * flag.
+ */
+export function recordedSettings<F extends string>(
+  recorded: unknown,
+  specs: readonly FlagSpec[],
+  fields: Record<string, F>,
+  path: string,
+  nullable: readonly string[] = [],
+): Partial<Record<F, FlagValue | null>> {
+  if (typeof recorded !== "object" || recorded === null) {
+    throw new Error(
+      `The checkpoint ${path} has no record of the flags it was made with.`,
+    );
+  }
+  const r = recorded as Record<string, unknown>;
+  const out: Partial<Record<F, FlagValue | null>> = {};
+  for (const s of specs) {
+    const field = fields[s.name];
+    if (field === undefined || !Object.hasOwn(r, field)) continue;
+    const value = r[field];
+    if (value === null && nullable.includes(field)) {
+      out[field] = null;
+      continue;
+    }
+    try {
+      out[field] = checkSetting(s, value);
+    } catch (e) {
+      throw new Error(
+        `The checkpoint ${path} records a setting the flags do not allow: ${
+          (e as Error).message.replace(/\.$/, "")
+        }.`,
+      );
+    }
+  }
+  return out;
+}
+
+/**
+ * The number of worker threads to start: `-j` capped at the machine's core
+ * count (more threads than cores only add memory and switching), with a
+ * note on stdout when it was lowered.
+ */
+export function capWorkers(workers: number): number {
+  const cores = Math.max(1, navigator.hardwareConcurrency || 1);
+  if (workers <= cores) return workers;
+  console.log(
+    `Note: -j ${workers} is more than the ${cores} CPU cores; using ${cores} workers.`,
+  );
+  return cores;
 }

@@ -49,27 +49,34 @@ import {
   tensor,
 } from "../mod.ts";
 import {
-  chooseDevice,
+  capWorkers,
   exists,
   EXIT,
   type FlagSpec,
   helpText,
   openDevice,
   parseCommand,
+  recordedSettings,
   runMain,
   SHARED_FLAGS,
   UsageError,
 } from "./cli.ts";
 import {
+  ACTIVATION_COPIES,
+  checkMemory,
+  resnetCost,
+  trainingMemory,
+} from "./memory.ts";
+import {
   backboneState,
   describeArch,
   loadInto,
   readCheckpoint,
-  recordedArch,
 } from "./models.ts";
 import { assertFrozen, probeHead, snapshotState } from "./probe.ts";
 import { DEMO } from "./pretrain.ts";
 import { fmt, JsonLog } from "./progress.ts";
+import { inspectRunFolder, LINCLS_FILES, startRun } from "./run_folder.ts";
 import { probeEvalViewFor, probeTrainViewFor } from "./views.ts";
 
 export interface LinclsArgs {
@@ -94,6 +101,8 @@ export interface LinclsArgs {
   printFreq: number;
   resume: string | null;
   evaluate: boolean;
+  /** Replace the probe already in `out` (never stored as true). */
+  overwrite: boolean;
   out: string;
   device: string;
   tf32: boolean;
@@ -166,8 +175,10 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
     name: "momentum",
     kind: "number",
     min: 0,
+    max: 1,
+    exclusiveMax: true,
     meta: "M",
-    help: "momentum (default 0.9)",
+    help: "momentum, below 1 (default 0.9)",
   },
   {
     name: "wd",
@@ -214,6 +225,11 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
     meta: "DIR",
     help: "folder for probe checkpoints and log.jsonl (default runs/lincls)",
   },
+  {
+    name: "overwrite",
+    kind: "bool",
+    help: "replace the probe already in the --out folder",
+  },
   SHARED_FLAGS.device,
   SHARED_FLAGS.tf32,
   SHARED_FLAGS.deterministic,
@@ -241,6 +257,7 @@ const FLAG_FIELDS: Record<string, keyof LinclsArgs> = {
   "print-freq": "printFreq",
   resume: "resume",
   evaluate: "evaluate",
+  overwrite: "overwrite",
   out: "out",
   device: "device",
   tf32: "tf32",
@@ -248,7 +265,10 @@ const FLAG_FIELDS: Record<string, keyof LinclsArgs> = {
 };
 
 /** main_lincls.py's defaults with MEC's settings (DESIGN.md section 1). */
-const OFFICIAL: Omit<LinclsArgs, "data" | "pretrained" | "resume"> = {
+const OFFICIAL: Omit<
+  LinclsArgs,
+  "data" | "pretrained" | "resume" | "overwrite"
+> = {
   randomInit: false,
   rawPixels: false,
   arch: "resnet50",
@@ -320,6 +340,101 @@ class HeadOnly extends Layer {
   }
 }
 
+/** The flags that describe the backbone, recorded by pretraining too. */
+const ARCH_FLAGS = ["arch", "width", "small-stem", "image-size"];
+
+/**
+ * A probe checkpoint's metadata, checked: its kind, its flags by the rules
+ * of the flag table, and its epoch and best accuracy. Throws one sentence
+ * naming the checkpoint.
+ */
+function checkProbeMetadata(
+  m: Record<string, unknown>,
+  path: string,
+): ProbeMetadata {
+  if (m.kind !== "mec-lincls") {
+    throw new Error(
+      `The checkpoint ${path} is not a probe written by deno task lincls.`,
+    );
+  }
+  const args = recordedSettings(
+    m.args,
+    LINCLS_FLAGS,
+    FLAG_FIELDS,
+    path,
+    ["pretrained", "resume"],
+  ) as Partial<LinclsArgs>;
+  const epoch = m.epoch;
+  const epochs = args.epochs ?? OFFICIAL.epochs;
+  if (
+    typeof epoch !== "number" || !Number.isSafeInteger(epoch) || epoch < 0 ||
+    epoch > epochs
+  ) {
+    throw new Error(
+      `The checkpoint ${path} records an impossible epoch ${
+        JSON.stringify(epoch)
+      } of ${epochs}.`,
+    );
+  }
+  const best = m.bestAcc1;
+  if (typeof best !== "number" || !(best >= 0 && best <= 100)) {
+    throw new Error(
+      `The checkpoint ${path} records a best accuracy of ${
+        JSON.stringify(best)
+      }, not a percentage.`,
+    );
+  }
+  return {
+    kind: "mec-lincls",
+    epoch,
+    bestAcc1: best,
+    args: args as LinclsArgs,
+  };
+}
+
+/**
+ * Checks the probe's host memory before the network is built: the loader's
+ * batches (of the augmented training view, or of the evaluation view in
+ * chunks for cached features) and one chunk's frozen forward pass.
+ */
+function checkProbeMemory(
+  args: LinclsArgs,
+  trainLength: number,
+  device: string,
+): void {
+  const batch = args.cacheFeatures
+    ? CHUNK
+    : Math.max(CHUNK, Math.min(args.batchSize, trainLength));
+  const loader = trainingMemory({
+    arch: args.arch,
+    width: args.width,
+    smallStem: args.smallStem,
+    imageSize: args.imageSize,
+    views: 1,
+    workers: args.workers,
+    passes: 0,
+    extraParameters: 0,
+    parameterCopies: args.rawPixels ? 0 : 1,
+  });
+  const cost = resnetCost(
+    args.arch,
+    args.width,
+    args.smallStem,
+    args.imageSize,
+  );
+  const forward = args.rawPixels || device !== "cpu"
+    ? 0
+    : 4 * CHUNK * ACTIVATION_COPIES * cost.activations;
+  checkMemory(
+    { fixed: loader.fixed + forward, perSample: loader.perSample },
+    batch,
+    `Probing ${
+      args.rawPixels ? "raw pixels" : `a ${describeArch(args)}`
+    } on batches of ${batch} at ${args.imageSize} px`,
+    "--image-size",
+  );
+}
+
 /** Runs the tool on `argv`; returns the exit code. */
 export async function lincls(argv: readonly string[]): Promise<number> {
   const command = parseCommand(argv, LINCLS_FLAGS, FLAG_FIELDS);
@@ -330,7 +445,6 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   const given = command.given;
   const data = command.data;
   const demo = data === null;
-  const deviceName = chooseDevice((given.device as string) ?? "cpu");
   if (given.evaluate && given.resume === undefined) {
     throw new UsageError(
       "--evaluate needs the probe checkpoint to evaluate, given by --resume PATH.",
@@ -343,24 +457,34 @@ export async function lincls(argv: readonly string[]): Promise<number> {
       "Give only one of --pretrained, --random-init and --raw-pixels.",
     );
   }
-  const backend = await openDevice(deviceName, {
-    tf32: (given.tf32 ?? false) as boolean,
-    deterministic: (given.deterministic ?? false) as boolean,
-  });
+  if (given.resume !== undefined) {
+    if (sources > 0) {
+      throw new UsageError(
+        "--pretrained, --random-init and --raw-pixels cannot be combined with --resume: the probe checkpoint holds the backbone it probes.",
+      );
+    }
+    if (given.startEpoch !== undefined) {
+      throw new UsageError(
+        "--start-epoch cannot be combined with --resume: the probe checkpoint records the epoch to continue from.",
+      );
+    }
+    if (given.overwrite === true) {
+      throw new UsageError(
+        "Give --resume or --overwrite, not both: --resume continues the probe the checkpoint belongs to.",
+      );
+    }
+  }
 
   // The probe checkpoint (to resume or evaluate) carries the whole network
-  // and the flags it was made with.
+  // and the flags it was made with, checked as flags are.
   const probeCkpt = given.resume === undefined
     ? null
     : await readCheckpoint(given.resume as string, "probe checkpoint");
   let stored: Partial<LinclsArgs> = {};
+  let probeMeta: ProbeMetadata | null = null;
   if (probeCkpt !== null) {
-    if (probeCkpt.metadata.kind !== "mec-lincls") {
-      throw new Error(
-        `The checkpoint ${given.resume} is not a probe written by deno task lincls.`,
-      );
-    }
-    stored = (probeCkpt.metadata as unknown as ProbeMetadata).args;
+    probeMeta = checkProbeMetadata(probeCkpt.metadata, given.resume as string);
+    stored = probeMeta.args;
   }
   let pretrained = (given.pretrained ?? stored.pretrained ?? null) as
     | string
@@ -379,11 +503,16 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   const pretrainedCkpt = pretrained === null || probeCkpt !== null
     ? null
     : await readCheckpoint(pretrained, "pretrained checkpoint");
-  const recorded = pretrainedCkpt === null ? {} : recordedArch(pretrainedCkpt);
-  const recordedSize = pretrainedCkpt === null
-    ? undefined
-    : (pretrainedCkpt.metadata.args as { imageSize?: number } | undefined)
-      ?.imageSize;
+  // The architecture a pretraining checkpoint records, by the flags' rules.
+  const recorded = pretrainedCkpt === null ||
+      pretrainedCkpt.metadata.args === undefined
+    ? {}
+    : recordedSettings(
+      pretrainedCkpt.metadata.args,
+      LINCLS_FLAGS.filter((f) => ARCH_FLAGS.includes(f.name)),
+      FLAG_FIELDS,
+      pretrained!,
+    ) as Partial<LinclsArgs>;
   const args = {
     ...OFFICIAL,
     ...(demo
@@ -398,7 +527,6 @@ export async function lincls(argv: readonly string[]): Promise<number> {
       }
       : {}),
     ...recorded,
-    ...(recordedSize === undefined ? {} : { imageSize: recordedSize }),
     ...stored,
     data,
     pretrained,
@@ -406,8 +534,37 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     rawPixels,
     resume: null,
     evaluate: false,
+    overwrite: false,
     ...given,
   } as LinclsArgs;
+  if (args.startEpoch >= args.epochs) {
+    throw new UsageError(
+      `--start-epoch (${args.startEpoch}) must be below --epochs (${args.epochs}), or there is nothing to train.`,
+    );
+  }
+  if (probeMeta !== null && !given.evaluate && probeMeta.epoch >= args.epochs) {
+    throw new UsageError(
+      `The probe checkpoint ${given.resume} is the end of its run (${probeMeta.epoch} of ${args.epochs} epochs): there is nothing to continue; give a larger --epochs, or -e to evaluate it.`,
+    );
+  }
+  args.workers = capWorkers(args.workers);
+  // The data folders are there (listing them may take a while), before the
+  // run folder is looked at.
+  if (!demo) await splitFolders(data);
+  const folder = given.evaluate ? null : await inspectRunFolder(
+    args.out,
+    LINCLS_FILES,
+    { resume: probeCkpt !== null, overwrite: given.overwrite === true },
+  );
+  // The device and numerics are this run's choice, never the checkpoint's.
+  const deviceName = (given.device ?? "cpu") as string;
+  args.device = deviceName;
+  args.tf32 = (given.tf32 ?? false) as boolean;
+  args.deterministic = (given.deterministic ?? false) as boolean;
+  const backend = await openDevice(deviceName, {
+    tf32: args.tf32,
+    deterministic: args.deterministic,
+  });
 
   const what = rawPixels
     ? "raw pixels"
@@ -423,6 +580,7 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   }
 
   const [train, val] = await openData(args, demo);
+  checkProbeMemory(args, train.length, deviceName);
   const probe = buildProbe(args, train.classes.length);
   if (probeCkpt !== null) {
     loadInto(
@@ -455,13 +613,12 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   const optimizer = args.lars ? new LARS(params, opts) : new SGD(params, opts);
   let startEpoch = args.startEpoch;
   let bestAcc1 = 0;
-  if (probeCkpt !== null) {
-    const meta = probeCkpt.metadata as unknown as ProbeMetadata;
+  if (probeCkpt !== null && probeMeta !== null) {
     if (probeCkpt.optimizer !== null) {
       optimizer.loadStateDict(probeCkpt.optimizer);
     }
-    startEpoch = meta.epoch;
-    bestAcc1 = meta.bestAcc1;
+    startEpoch = probeMeta.epoch;
+    bestAcc1 = probeMeta.bestAcc1;
   }
 
   const feeder = args.cacheFeatures
@@ -476,7 +633,7 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     return EXIT.ok;
   }
 
-  await Deno.mkdir(args.out, { recursive: true });
+  await startRun(folder!);
   using log = await JsonLog.open(args.out);
   log.write({
     event: "start",
@@ -537,7 +694,7 @@ export async function lincls(argv: readonly string[]): Promise<number> {
       kind: "mec-lincls",
       epoch: epoch + 1,
       bestAcc1,
-      args: { ...args, resume: null, evaluate: false },
+      args: { ...args, resume: null, evaluate: false, overwrite: false },
     };
     const save = (name: string) =>
       saveCheckpoint(join(args.out, name), {
@@ -601,10 +758,25 @@ async function openData(
     return [await fashionMnist("train"), await fashionMnist("test")];
   }
   const root = resolve(args.data!);
+  const out: Dataset[] = [];
+  for (const dir of await splitFolders(args.data!)) {
+    out.push(await imageFolder(dir));
+  }
+  if (out[0].classes.join("\n") !== out[1].classes.join("\n")) {
+    throw new Error(
+      `The train and val folders of ${root} have different classes.`,
+    );
+  }
+  return [out[0], out[1]];
+}
+
+/** DATA_DIR/train and DATA_DIR/val, or one sentence saying what is missing. */
+async function splitFolders(data: string): Promise<string[]> {
+  const root = resolve(data);
   if (!await exists(root)) {
     throw new Error(`The data folder ${root} does not exist.`);
   }
-  const out: Dataset[] = [];
+  const dirs: string[] = [];
   for (const split of ["train", "val"]) {
     const dir = join(root, split);
     if (!await exists(dir)) {
@@ -614,14 +786,9 @@ async function openData(
         }.`,
       );
     }
-    out.push(await imageFolder(dir));
+    dirs.push(dir);
   }
-  if (out[0].classes.join("\n") !== out[1].classes.join("\n")) {
-    throw new Error(
-      `The train and val folders of ${root} have different classes.`,
-    );
-  }
-  return [out[0], out[1]];
+  return dirs;
 }
 
 function buildProbe(args: LinclsArgs, classes: number): Probe {

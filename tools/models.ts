@@ -10,9 +10,9 @@
 import type { Checkpoint } from "../nn/checkpoint.ts";
 import { loadCheckpoint } from "../nn/checkpoint.ts";
 import type { Module } from "../nn/module.ts";
-import type { HostTensor } from "../nn/safetensors.ts";
+import { describeFileType, type HostTensor } from "../nn/safetensors.ts";
 import { formatShape } from "../nn/tensor.ts";
-import { exists } from "./cli.ts";
+import { availableMemory, formatBytes } from "./memory.ts";
 
 /** The architecture flags a checkpoint's network was built with. */
 export interface ArchArgs {
@@ -26,13 +26,43 @@ export function describeArch(a: ArchArgs): string {
   return `${a.arch} (width ${a.width}${a.smallStem ? ", small stem" : ""})`;
 }
 
-/** Reads a checkpoint, or throws one sentence saying why it cannot. */
+/**
+ * Reads a checkpoint, or throws one sentence saying why it cannot. Only a
+ * regular file is opened (a FIFO or a device would block or never end),
+ * and only one that fits in the memory available (reading it takes its
+ * size, and float32 copies of its tensors as much again).
+ */
 export async function readCheckpoint(
   path: string,
   what: string,
 ): Promise<Checkpoint> {
-  if (!await exists(path)) {
-    throw new Error(`The ${what} ${path} does not exist.`);
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new Error(`The ${what} ${path} does not exist.`);
+    }
+    throw new Error(
+      `The ${what} ${path} cannot be read (${
+        (e as Error).message.replace(/\.$/, "")
+      }).`,
+    );
+  }
+  if (!info.isFile) {
+    throw new Error(
+      `The ${what} ${path} is ${
+        describeFileType(info)
+      }, not a checkpoint file.`,
+    );
+  }
+  const available = availableMemory();
+  if (available !== null && 2 * info.size > available) {
+    throw new Error(
+      `The ${what} ${path} is ${
+        formatBytes(info.size)
+      }, more than the memory available can load (${formatBytes(available)}).`,
+    );
   }
   try {
     return await loadCheckpoint(path);
@@ -108,17 +138,5 @@ export function backboneState(
     if (name.startsWith("fc.")) continue;
     out.set(name, t);
   }
-  return out;
-}
-
-/** The architecture recorded in a checkpoint made by these tools, if any. */
-export function recordedArch(ckpt: Checkpoint): Partial<ArchArgs> {
-  const args = ckpt.metadata.args;
-  if (typeof args !== "object" || args === null) return {};
-  const a = args as Record<string, unknown>;
-  const out: Partial<ArchArgs> = {};
-  if (typeof a.arch === "string") out.arch = a.arch;
-  if (typeof a.width === "number") out.width = a.width;
-  if (typeof a.smallStem === "boolean") out.smallStem = a.smallStem;
   return out;
 }

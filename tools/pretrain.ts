@@ -13,12 +13,24 @@
  * (student, teacher, predictor, BN statistics, momentum buffers), only the
  * seed and the position (epoch, batch), which its metadata records.
  *
+ * Reliability: the flags a checkpoint records are checked by the same rules
+ * as the command line's (tools/cli.ts), the memory a batch needs is checked
+ * against the memory available before anything is allocated
+ * (tools/memory.ts), a folder that holds another run is refused unless
+ * `--resume` or `--overwrite` (tools/run_folder.ts), and Ctrl-C while the
+ * loop waits for data saves at once.
+ *
+ * For tests only: `MEC_TEST_SLOW_DATA_MS=N` makes every sample's read wait
+ * N milliseconds first, so that a test can interrupt a loop that is
+ * waiting for data (tests/reliability_test.ts).
+ *
  * @module
  */
 
 import { join, resolve } from "node:path";
 import {
   type Backend,
+  type Batch,
   batchTensors,
   BUILTIN_FASHION_MNIST,
   cosineSchedule,
@@ -38,9 +50,10 @@ import {
   saveCheckpoint,
   scope,
   SGD,
+  unreadableFiles,
 } from "../mod.ts";
 import {
-  chooseDevice,
+  capWorkers,
   exists,
   EXIT,
   type FlagSpec,
@@ -48,12 +61,15 @@ import {
   Interrupt,
   openDevice,
   parseCommand,
+  recordedSettings,
   runMain,
   SHARED_FLAGS,
   UsageError,
 } from "./cli.ts";
+import { checkMemory, resnetCost, trainingMemory } from "./memory.ts";
 import { describeArch, loadInto, readCheckpoint } from "./models.ts";
 import { fmt, formatDuration, JsonLog, StepTimer } from "./progress.ts";
+import { inspectRunFolder, PRETRAIN_FILES, startRun } from "./run_folder.ts";
 import { pretrainViews } from "./views.ts";
 
 /** Everything a run is configured by; stored in each checkpoint. */
@@ -78,6 +94,8 @@ export interface PretrainArgs {
   workers: number;
   printFreq: number;
   resume: string | null;
+  /** Replace the run already in `out` (never stored as true in a checkpoint). */
+  overwrite: boolean;
   out: string;
   device: string;
   tf32: boolean;
@@ -131,8 +149,10 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     name: "momentum",
     kind: "number",
     min: 0,
+    max: 1,
+    exclusiveMax: true,
     meta: "M",
-    help: "SGD momentum (default 0.9)",
+    help: "SGD momentum, below 1 (default 0.9)",
   },
   {
     name: "wd",
@@ -165,6 +185,7 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     name: "teacher-momentum",
     kind: "number",
     min: 0,
+    max: 1,
     meta: "M",
     help: "teacher EMA momentum at the start, cosine to 1 (default 0.996)",
   },
@@ -194,6 +215,11 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     kind: "string",
     meta: "DIR",
     help: "folder for checkpoints and log.jsonl (default runs/pretrain)",
+  },
+  {
+    name: "overwrite",
+    kind: "bool",
+    help: "replace the run already in the --out folder",
   },
   SHARED_FLAGS.device,
   SHARED_FLAGS.tf32,
@@ -229,8 +255,14 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
   { name: "help", short: "h", kind: "bool", help: "show this help" },
 ];
 
+/** The flags' defaults: everything but what each run gives or derives. */
+type PretrainDefaults = Omit<
+  PretrainArgs,
+  "data" | "resume" | "maxIters" | "overwrite"
+>;
+
 /** The paper's recipe (DESIGN.md section 1). */
-const PAPER: Omit<PretrainArgs, "data" | "resume" | "maxIters"> = {
+const PAPER: PretrainDefaults = {
   dummy: false,
   arch: "resnet50",
   epochs: 100,
@@ -307,6 +339,7 @@ const FLAG_FIELDS: Record<string, keyof PretrainArgs> = {
   workers: "workers",
   "print-freq": "printFreq",
   resume: "resume",
+  overwrite: "overwrite",
   out: "out",
   device: "device",
   tf32: "tf32",
@@ -335,9 +368,109 @@ interface PretrainMetadata {
   args: PretrainArgs;
 }
 
-function isPretrainMetadata(m: Record<string, unknown>): boolean {
-  return m.kind === "mec-pretrain" && typeof m.epoch === "number" &&
-    typeof m.batch === "number" && typeof m.args === "object";
+/**
+ * A resume checkpoint's metadata, checked: its kind, its flags by the rules
+ * of the flag table, and a position that exists in its run. Throws one
+ * sentence naming the checkpoint.
+ */
+function checkPretrainMetadata(
+  m: Record<string, unknown>,
+  path: string,
+): PretrainMetadata {
+  if (m.kind !== "mec-pretrain") {
+    throw new Error(
+      `The checkpoint ${path} was not written by deno task pretrain, so it cannot be resumed.`,
+    );
+  }
+  const args = recordedSettings(
+    m.args,
+    PRETRAIN_FLAGS,
+    FLAG_FIELDS,
+    path,
+    ["resume", "maxIters"],
+  ) as Partial<PretrainArgs>;
+  const data = (m.args as Record<string, unknown>).data;
+  if (data !== undefined && data !== null && typeof data !== "string") {
+    throw new Error(
+      `The checkpoint ${path} records a data folder that is not a path.`,
+    );
+  }
+  args.data = (data ?? null) as string | null;
+  args.overwrite = false;
+  const whole = (v: unknown): v is number =>
+    typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  const { epoch, batch, iteration, itersPerEpoch } = m;
+  const epochs = args.epochs ?? PAPER.epochs;
+  if (
+    !whole(itersPerEpoch) || itersPerEpoch < 1 || !whole(epoch) ||
+    epoch > epochs || !whole(batch) || batch >= itersPerEpoch ||
+    (epoch === epochs && batch > 0) ||
+    iteration !== epoch * itersPerEpoch + batch
+  ) {
+    throw new Error(
+      `The checkpoint ${path} records an impossible position: epoch ${
+        JSON.stringify(epoch)
+      }, batch ${JSON.stringify(batch)}, iteration ${
+        JSON.stringify(iteration)
+      } of ${JSON.stringify(itersPerEpoch)} per epoch and ${epochs} epochs.`,
+    );
+  }
+  return {
+    kind: "mec-pretrain",
+    epoch,
+    batch,
+    iteration,
+    itersPerEpoch,
+    args: args as PretrainArgs,
+  };
+}
+
+/** Checks of the flags against each other, given or recorded alike. */
+function checkCombination(args: PretrainArgs): void {
+  if (args.warmupEpochs > args.epochs) {
+    throw new UsageError(
+      `--warmup-epochs (${args.warmupEpochs}) cannot exceed --epochs (${args.epochs}).`,
+    );
+  }
+  if (args.startEpoch >= args.epochs) {
+    throw new UsageError(
+      `--start-epoch (${args.startEpoch}) must be below --epochs (${args.epochs}), or there is nothing to train.`,
+    );
+  }
+}
+
+/**
+ * The parameters of the projector and predictor besides the backbone's,
+ * for the memory estimate (DESIGN.md section 1's shapes).
+ */
+function headParameters(featureDim: number, dim: number, pred: number) {
+  const f = featureDim;
+  return 2 * f * f + 4 * f + f * dim + dim + dim * pred + 2 * pred +
+    pred * dim + dim;
+}
+
+/**
+ * Samples read through this wrapper wait `ms` first (MEC_TEST_SLOW_DATA_MS,
+ * for tests that interrupt a loop waiting for data).
+ */
+class SlowDataset implements Dataset {
+  constructor(readonly inner: Dataset, readonly ms: number) {}
+  get length() {
+    return this.inner.length;
+  }
+  get classes() {
+    return this.inner.classes;
+  }
+  label(index: number) {
+    return this.inner.label(index);
+  }
+  name(index: number) {
+    return this.inner.name(index);
+  }
+  async source(index: number) {
+    await new Promise((resolve) => setTimeout(resolve, this.ms));
+    return await this.inner.source(index);
+  }
 }
 
 /** Runs the tool on `argv`; returns the exit code. */
@@ -348,21 +481,33 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     return EXIT.ok;
   }
   const given = command.given;
-  if (command.data !== null) given.data = command.data;
+  if (command.data !== null) {
+    if (given.dummy === true) {
+      throw new UsageError(
+        `Give DATA_DIR or --dummy, not both: --dummy trains on random images and would ignore ${command.data}.`,
+      );
+    }
+    given.data = command.data;
+  }
 
   const resumePath = given.resume as string | undefined;
+  if (resumePath !== undefined && given.startEpoch !== undefined) {
+    throw new UsageError(
+      "--start-epoch cannot be combined with --resume: the checkpoint records the epoch and batch to continue from.",
+    );
+  }
+  if (resumePath !== undefined && given.overwrite === true) {
+    throw new UsageError(
+      "Give --resume or --overwrite, not both: --resume continues the run the checkpoint belongs to.",
+    );
+  }
   const resumed = resumePath === undefined
     ? null
     : await readCheckpoint(resumePath, "checkpoint to resume from");
-  let stored: Partial<PretrainArgs> = {};
-  if (resumed !== null) {
-    if (!isPretrainMetadata(resumed.metadata)) {
-      throw new Error(
-        `The checkpoint ${resumePath} was not written by deno task pretrain, so it cannot be resumed.`,
-      );
-    }
-    stored = (resumed.metadata as unknown as PretrainMetadata).args;
-  }
+  const meta = resumed === null
+    ? null
+    : checkPretrainMetadata(resumed.metadata, resumePath!);
+  const stored: Partial<PretrainArgs> = meta?.args ?? {};
   const data = (given.data ?? stored.data ?? null) as string | null;
   const dummy = (given.dummy ?? stored.dummy ?? false) as boolean;
   const demo = data === null && !dummy;
@@ -373,15 +518,50 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     data,
     dummy,
     resume: null,
+    overwrite: false,
     maxIters: null,
     ...given,
   } as PretrainArgs;
-  const deviceName = chooseDevice(args.device);
-  if (args.warmupEpochs > args.epochs) {
+  checkCombination(args);
+  if (meta !== null && meta.epoch >= args.epochs) {
     throw new UsageError(
-      `--warmup-epochs (${args.warmupEpochs}) cannot exceed --epochs (${args.epochs}).`,
+      `The checkpoint ${resumePath} is the end of its run (${meta.epoch} of ${args.epochs} epochs): there is nothing to continue; give a larger --epochs to train on.`,
     );
   }
+  args.workers = capWorkers(args.workers);
+  const deviceName = args.device;
+  // The batches and, on the CPU, the network's activations in host memory.
+  const { featureDim } = resnetCost(
+    args.arch,
+    args.width,
+    args.smallStem,
+    args.imageSize,
+  );
+  checkMemory(
+    trainingMemory({
+      arch: args.arch,
+      width: args.width,
+      smallStem: args.smallStem,
+      imageSize: args.imageSize,
+      views: 2,
+      workers: args.workers,
+      passes: deviceName === "cpu" ? 4 : 0,
+      extraParameters: headParameters(featureDim, args.dim, args.predDim),
+      parameterCopies: 4,
+    }),
+    args.batchSize,
+    `A batch of ${args.batchSize} pairs of ${args.imageSize} px views through a ${
+      describeArch(args)
+    }`,
+    "--image-size or --width",
+  );
+  // The data folder is there (listing it may take a while), before the run
+  // folder is looked at.
+  if (!demo && !args.dummy) await trainFolder(args.data!);
+  const folder = await inspectRunFolder(args.out, PRETRAIN_FILES, {
+    resume: resumed !== null,
+    overwrite: given.overwrite === true,
+  });
   const backend = await openDevice(deviceName, {
     tf32: args.tf32,
     deterministic: args.deterministic,
@@ -395,7 +575,9 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     );
   }
 
-  const dataset = await openDataset(args, demo);
+  let dataset = await openDataset(args, demo);
+  const slow = Number(Deno.env.get("MEC_TEST_SLOW_DATA_MS") ?? 0);
+  if (slow > 0) dataset = new SlowDataset(dataset, slow);
   const views = pretrainViews(args.imageSize);
   await using loader = new DataLoader({
     dataset,
@@ -428,8 +610,7 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     batch: 0,
     lastCheckpoint: null,
   };
-  if (resumed !== null) {
-    const meta = resumed.metadata as unknown as PretrainMetadata;
+  if (resumed !== null && meta !== null) {
     loadInto(
       model,
       resumed.model,
@@ -451,7 +632,9 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     position.lastCheckpoint = resumePath!;
   }
 
-  await Deno.mkdir(args.out, { recursive: true });
+  // From here on Ctrl-C saves (at the start position if no step is done).
+  using interrupt = new Interrupt();
+  await startRun(folder);
   using log = await JsonLog.open(args.out);
   log.write({
     event: "start",
@@ -471,7 +654,6 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     }.`,
   );
 
-  using interrupt = new Interrupt();
   const result = await train(
     args,
     backend,
@@ -494,7 +676,12 @@ async function openDataset(
   // The built-in 10,000-image subset even where Debian's full set is
   // installed: the demo's length and result then do not depend on it.
   if (demo) return await fashionMnist("train", { root: BUILTIN_FASHION_MNIST });
-  const root = resolve(args.data!);
+  return await imageFolder(await trainFolder(args.data!));
+}
+
+/** DATA_DIR/train, or one sentence saying what is missing. */
+async function trainFolder(data: string): Promise<string> {
+  const root = resolve(data);
   if (!await exists(root)) {
     throw new Error(`The data folder ${root} does not exist.`);
   }
@@ -506,7 +693,7 @@ async function openDataset(
       }.`,
     );
   }
-  return await imageFolder(train);
+  return train;
 }
 
 /** The training loop; returns the exit code. */
@@ -544,13 +731,24 @@ async function train(
       batch,
       iteration: epoch * itersPerEpoch + batch,
       itersPerEpoch,
-      args: { ...args, resume: null, maxIters: null },
+      args: { ...args, resume: null, overwrite: false, maxIters: null },
     };
-    await saveCheckpoint(path, {
-      model,
-      optimizer,
-      metadata: metadata as unknown as Record<string, unknown>,
-    });
+    try {
+      await saveCheckpoint(path, {
+        model,
+        optimizer,
+        metadata: metadata as unknown as Record<string, unknown>,
+      });
+    } catch (e) {
+      throw new Error(
+        `${
+          (e as Error).message.replace(/\.$/, "")
+        }; the last good checkpoint is ${
+          position.lastCheckpoint ?? "none (no epoch had finished)"
+        }.`,
+        { cause: e },
+      );
+    }
     position.lastCheckpoint = path;
     log.write({ event: "checkpoint", path, epoch, batch });
     return path;
@@ -561,7 +759,24 @@ async function train(
     let mark = performance.now();
     let stopped: "interrupt" | "max-iters" | null = null;
     let nextBatch = startBatch;
-    for await (const batch of loader.epoch(epoch, startBatch)) {
+    // The summary (the generator's return value) is read from the loader.
+    const batches: AsyncGenerator<Batch, unknown> = loader.epoch(
+      epoch,
+      startBatch,
+    );
+    const interrupted = interrupt.requestedSignal.then(() => null);
+    while (true) {
+      // Ctrl-C while waiting for data stops the wait: there is no step to
+      // finish, so the position before the awaited batch is saved at once.
+      const pending = batches.next();
+      const next = await Promise.race([pending, interrupted]);
+      if (next === null) {
+        pending.catch(() => {});
+        stopped = "interrupt";
+        break;
+      }
+      if (next.done) break;
+      const batch = next.value;
       const dataSeconds = (performance.now() - mark) / 1000;
       const iteration = epoch * itersPerEpoch + batch.index;
       const lrNow = cosineSchedule(iteration, baseLr, 0, shape);
@@ -638,10 +853,12 @@ async function train(
       }
       if (interrupt.requested) {
         stopped = "interrupt";
+        await batches.return(undefined);
         break;
       }
       if (iteration + 1 >= last && args.maxIters !== null) {
         stopped = "max-iters";
+        await batches.return(undefined);
         break;
       }
     }
@@ -670,6 +887,7 @@ async function train(
         batches: summary.batches,
         samples: summary.samples,
         skipped: summary.skipped,
+        unreadable: unreadableFiles(summary),
         timing: summary.timing,
       });
     }
