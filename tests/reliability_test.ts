@@ -481,6 +481,20 @@ Deno.test("6, 7: flags that would be ignored or out of range, and checkpoints re
       /^--momentum must be below 1, not 5\.$/,
     ],
     [
+      "a backbone besides the probe to resume",
+      "lincls",
+      [data, "--resume", join(tmp, "probe.safetensors"), "--pretrained", ckpt],
+      2,
+      /^--pretrained, --random-init and --raw-pixels cannot be combined with --resume: the probe checkpoint holds the backbone it probes\.$/,
+    ],
+    [
+      "probe start epoch on resume",
+      "lincls",
+      [data, "--resume", join(tmp, "probe.safetensors"), "--start-epoch", "1"],
+      2,
+      /^--start-epoch cannot be combined with --resume: the probe checkpoint records/,
+    ],
+    [
       "seed",
       "pretrain",
       [data, ...TINY, "--seed=1e20"],
