@@ -90,6 +90,8 @@ interface RunOptions {
   onOutput?: (text: string, child: Deno.ChildProcess) => void;
   /** The command instead of `deno run ... tools/<tool>.ts`. */
   command?: [string, string[]];
+  /** The working folder (default: the repository). */
+  cwd?: string;
 }
 
 /** The largest VmHWM, in kB, of `pid` and its descendants, or 0. */
@@ -121,10 +123,15 @@ async function run(
   options: RunOptions = {},
 ): Promise<Run> {
   const [cmd, cmdArgs] = options.command ??
-    [Deno.execPath(), ["run", ...PERMISSIONS, `tools/${tool}.ts`, ...args]];
+    [Deno.execPath(), [
+      "run",
+      ...PERMISSIONS,
+      `${ROOT}tools/${tool}.ts`,
+      ...args,
+    ]];
   const child = new Deno.Command(cmd, {
     args: cmdArgs,
-    cwd: ROOT,
+    cwd: options.cwd ?? ROOT,
     env: { NO_COLOR: "1", ...options.env },
     stdout: "piped",
     stderr: "piped",
@@ -713,12 +720,43 @@ Deno.test("9: a second run into another run's folder is refused unless --resume 
   assert.equal(replaced.code, 0, replaced.stderr);
   assert.match(
     replaced.stdout,
-    /^--overwrite: removed the previous run's checkpoint_0000\.safetensors, log\.jsonl from /m,
+    /^Replacing the previous run: removed its checkpoint_0000\.safetensors, log\.jsonl from /m,
   );
   const starts = (await Deno.readTextFile(join(out, "log.jsonl")))
     .split("\n").filter((l) => l.includes('"event":"start"'));
   assert.equal(starts.length, 1);
   assert.equal(JSON.parse(starts[0]).args.seed, 1);
+});
+
+Deno.test("9: the demo run again replaces the last demo run in its own folder, and only there", async () => {
+  const cwd = await Deno.makeTempDir({ dir: tmp, prefix: "demo_" });
+  const demo = [
+    "--width",
+    "4",
+    "--dim",
+    "16",
+    "--pred-dim",
+    "8",
+    "-b",
+    "8",
+    "--epochs",
+    "1",
+    "--warmup-epochs",
+    "0",
+    "--max-iters",
+    "1",
+  ];
+  const first = await run("pretrain", demo, { cwd });
+  assert.equal(first.code, 0, first.stderr);
+  const again = await run("pretrain", demo, { cwd });
+  assert.equal(again.code, 0, again.stderr);
+  assert.match(
+    again.stdout,
+    /^Replacing the previous run: removed its log\.jsonl from runs\/demo\.$/m,
+  );
+  // Named explicitly, the same folder is protected like any other.
+  const named = await run("pretrain", [...demo, "--out", "runs/demo"], { cwd });
+  assertSentence(named, 2, /^The folder runs\/demo already holds a run/);
 });
 
 Deno.test("10: stale temporary files of interrupted checkpoint writes are removed, and only those", async () => {

@@ -554,7 +554,11 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   const folder = given.evaluate ? null : await inspectRunFolder(
     args.out,
     LINCLS_FILES,
-    { resume: probeCkpt !== null, overwrite: given.overwrite === true },
+    {
+      resume: probeCkpt !== null,
+      // Probing the demo again replaces the last demo probe in its folder.
+      overwrite: given.overwrite === true || (demo && given.out === undefined),
+    },
   );
   // The device and numerics are this run's choice, never the checkpoint's.
   const deviceName = (given.device ?? "cpu") as string;

@@ -560,7 +560,8 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
   if (!demo && !args.dummy) await trainFolder(args.data!);
   const folder = await inspectRunFolder(args.out, PRETRAIN_FILES, {
     resume: resumed !== null,
-    overwrite: given.overwrite === true,
+    // Running the demo again replaces the last demo run in its own folder.
+    overwrite: given.overwrite === true || (demo && given.out === undefined),
   });
   const backend = await openDevice(deviceName, {
     tf32: args.tf32,

@@ -124,7 +124,7 @@ export async function startRun(folder: RunFolder): Promise<void> {
     });
   }
   console.log(
-    `--overwrite: removed the previous run's ${
+    `Replacing the previous run: removed its ${
       folder.replace.join(", ")
     } from ${folder.dir}.`,
   );
