@@ -61,6 +61,7 @@ import {
   relu,
   type ResNet,
   resnet18,
+  resnet50,
   scope,
   SGD,
   sub,
@@ -1828,13 +1829,21 @@ const smallResNet = (device: string) =>
     device,
   });
 
-test(`five SGD steps of a small resnet18 on ${label} follow the CPU's: each loss, then every weight and BN statistic`, () => {
-  const steps = 5;
+/**
+ * `steps` SGD steps of the same classifier on the CPU and on the device under
+ * test, from the same weights: each loss, then every weight and statistic.
+ */
+function followsCpu(
+  name: string,
+  make: (device: string) => ResNet,
+  shape: [number, number, number, number],
+  steps: number,
+): void {
   const g = new Generator(302);
-  const xData = g.fillNormal(new Float32Array(4 * 3 * 16 * 16));
-  const labels = [3, 7, 0, 9];
-  const refNet = smallResNet("cpu");
-  const otherNet = smallResNet(target);
+  const xData = g.fillNormal(new Float32Array(shape.reduce((a, b) => a * b)));
+  const labels = Array.from({ length: shape[0] }, (_, i) => (3 + 7 * i) % 10);
+  const refNet = make("cpu");
+  const otherNet = make(target);
   // The same initial weights, copied across (through the host on a GPU).
   otherNet.loadStateDict(refNet.stateDict());
   const initial = stateValues(refNet);
@@ -1849,23 +1858,39 @@ test(`five SGD steps of a small resnet18 on ${label} follow the CPU's: each loss
   const hyper = { lr: 0.02, momentum: 0.9, weightDecay: 1e-4 };
   const refOpt = new SGD(refNet.parameters(), hyper);
   const otherOpt = new SGD(otherNet.parameters(), hyper);
-  const refX = tensor(xData, [4, 3, 16, 16], { device: "cpu" });
-  const otherX = tensor(xData, [4, 3, 16, 16], { device: target });
+  const refX = tensor(xData, shape, { device: "cpu" });
+  const otherX = tensor(xData, shape, { device: target });
   for (let step = 0; step < steps; step++) {
     const want = classifierStep(refNet, refOpt, refX, labels);
     const got = classifierStep(otherNet, otherOpt, otherX, labels);
-    assertLossClose(got, want, step, "resnet18 loss", 1);
+    assertLossClose(got, want, step, `${name} loss`, 1);
   }
   assertStatesClose(
     initial,
     stateValues(refNet),
     stateValues(otherNet),
     steps,
-    "resnet18",
+    name,
   );
   for (const t of [refX, otherX]) t.dispose();
   for (const o of [refOpt, otherOpt]) o.dispose();
   for (const n of [refNet, otherNet]) n.dispose();
+}
+
+test(`five SGD steps of a small resnet18 on ${label} follow the CPU's: each loss, then every weight and BN statistic`, () => {
+  followsCpu("resnet18", smallResNet, [4, 3, 16, 16], 5);
+});
+
+// ResNet-50's bottlenecks, stem and max pool, at a quarter of its width so
+// that the CPU's side stays quick.
+test(`three SGD steps of a ResNet-50 of width 16 (its own stem, 32 px, batch 2) on ${label} follow the CPU's`, () => {
+  followsCpu(
+    "resnet50",
+    (device) =>
+      resnet50({ numClasses: 10, width: 16, gen: new Generator(305), device }),
+    [2, 3, 32, 32],
+    3,
+  );
 });
 
 test(`three MEC steps on ${label} follow the CPU's: losses, coding lengths, student, teacher and BN statistics`, () => {
