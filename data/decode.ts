@@ -1,14 +1,27 @@
 /**
- * Image files to RGB pixels: JPEG through `npm:jpeg-js` (baseline and
- * progressive, every chroma subsampling, grayscale, CMYK and Adobe RGB) and
- * PNG through `npm:pngjs`. Anything else, and any file that ends before its
- * image does, is a {@link DecodeError}, which the loader counts and reports
- * instead of stopping.
+ * Image files to RGB pixels, as torchvision's ImageFolder gets them from PIL
+ * (`Image.open(f).convert("RGB")`): JPEG through libjpeg-turbo's TurboJPEG
+ * where it is installed (data/turbojpeg.ts: the same pixels as PIL on the
+ * same libjpeg-turbo), otherwise through `npm:jpeg-js` with libjpeg's
+ * chroma upsampling and colour conversion (data/jpegjs.ts: within a few
+ * levels of PIL); baseline and progressive, every chroma subsampling,
+ * grayscale, CMYK and Adobe RGB. PNG through `npm:pngjs`. Anything else, and
+ * any file that ends before its image does, is a {@link DecodeError}, which
+ * the loader counts and reports instead of stopping.
  *
  * @module
  */
 
-import jpeg from "jpeg-js";
+import { decodeJpegJs, type JpegFrame } from "./jpegjs.ts";
+import {
+  TJCS,
+  TJPF,
+  type TurboJpeg,
+  turboJpeg,
+  TurboJpegError,
+  type TurboJpegHeader,
+  turboJpegMissing,
+} from "./turbojpeg.ts";
 // @ts-types="@types/pngjs"
 import { PNG } from "pngjs";
 import { Buffer } from "node:buffer";
@@ -57,17 +70,62 @@ export function sniffFormat(bytes: Uint8Array): ImageFormat | null {
 }
 
 /**
+ * Which JPEG decoder to use: `"auto"` (the default) is TurboJPEG where the
+ * library loads and jpeg-js otherwise; naming one insists on it.
+ */
+export type JpegDecoder = "auto" | "turbojpeg" | "jpeg-js";
+
+/** Options of {@link decodeImage}. */
+export interface DecodeOptions {
+  jpeg?: JpegDecoder;
+}
+
+let noted = false;
+
+/**
+ * The decoder that `choice` means in this process: `"auto"` becomes
+ * `"turbojpeg"` where libturbojpeg loads, otherwise `"jpeg-js"`, saying so
+ * once on stderr (never an error).
+ *
+ * @throws {Error} when `"turbojpeg"` is asked for and cannot be loaded.
+ */
+export function resolveJpegDecoder(
+  choice: JpegDecoder = "auto",
+): "turbojpeg" | "jpeg-js" {
+  if (choice === "jpeg-js") return choice;
+  if (turboJpeg() !== null) return "turbojpeg";
+  if (choice === "turbojpeg") throw new Error(turboJpegMissing());
+  if (!noted) {
+    noted = true;
+    console.error(`note: ${turboJpegMissing()}`);
+  }
+  return "jpeg-js";
+}
+
+/**
  * Decodes a JPEG or PNG file (recognised by its signature, not its name) into
- * RGB. Grey images get three equal channels; alpha is dropped.
+ * RGB. Grey images get three equal channels; alpha is dropped; CMYK becomes
+ * RGB as PIL converts it.
  *
  * @throws {DecodeError} when the bytes are not a complete, decodable image.
  */
-export function decodeImage(bytes: Uint8Array): RgbImage {
+export function decodeImage(
+  bytes: Uint8Array,
+  options: DecodeOptions = {},
+): RgbImage {
   const format = sniffFormat(bytes);
   if (format === null) throw new DecodeError("not a JPEG or PNG file");
   const size = format === "jpeg" ? jpegSize(bytes) : pngSize(bytes);
   if (size !== null) checkPixels(format, size.width, size.height);
-  return format === "jpeg" ? decodeJpeg(bytes) : decodePng(bytes);
+  if (format === "png") return decodePng(bytes);
+  if (!jpegIsComplete(bytes)) {
+    throw new DecodeError(
+      "truncated JPEG (no end-of-image marker after the last scan)",
+    );
+  }
+  return resolveJpegDecoder(options.jpeg) === "turbojpeg"
+    ? decodeTurboJpeg(turboJpeg()!, bytes)
+    : decodeJpeg(bytes);
 }
 
 /** Refuses an image over {@link MAX_IMAGE_PIXELS} before it is decoded. */
@@ -91,6 +149,15 @@ function checkPixels(format: ImageFormat, width: number, height: number) {
 export function jpegSize(
   bytes: Uint8Array,
 ): { width: number; height: number } | null {
+  const frame = jpegFrame(bytes);
+  return frame === null ? null : { width: frame.width, height: frame.height };
+}
+
+/**
+ * The frame header (SOF): sizes and each component's sampling factors;
+ * null when there is none before the first scan.
+ */
+export function jpegFrame(bytes: Uint8Array): JpegFrame | null {
   let pos = 2;
   while (pos + 4 <= bytes.length) {
     if (bytes[pos] !== 0xff) return null;
@@ -109,10 +176,16 @@ export function jpegSize(
     const isFrame = marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 &&
       marker !== 0xc8 && marker !== 0xcc;
     if (isFrame) {
-      if (pos + 9 > bytes.length) return null;
+      if (pos + 10 > bytes.length) return null;
       const height = (bytes[pos + 5] << 8) | bytes[pos + 6];
       const width = (bytes[pos + 7] << 8) | bytes[pos + 8];
-      return { width, height };
+      const count = bytes[pos + 9];
+      const components: { h: number; v: number }[] = [];
+      for (let c = 0; c < count && pos + 12 + 3 * c <= bytes.length; c++) {
+        const factors = bytes[pos + 11 + 3 * c];
+        components.push({ h: factors >> 4, v: factors & 15 });
+      }
+      return { width, height, components };
     }
     if (length < 2) return null;
     pos += 2 + length;
@@ -197,26 +270,94 @@ function ascii(bytes: Uint8Array, start: number, length: number): string {
   return String.fromCharCode(...bytes.subarray(start, start + length));
 }
 
+/**
+ * TurboJPEG's decode, checked against the pixel budget from libjpeg's own
+ * reading of the header before any pixel is allocated. CMYK and YCCK files
+ * come out of libjpeg as CMYK and are converted to RGB as PIL does.
+ */
+function decodeTurboJpeg(tj: TurboJpeg, bytes: Uint8Array): RgbImage {
+  try {
+    const header = turboJpegHeader(tj, bytes);
+    const { width, height, colorspace } = header;
+    checkPixels("jpeg", width, height);
+    if (!(width > 0 && height > 0)) {
+      throw new DecodeError(`undecodable JPEG (${width}x${height} pixels)`);
+    }
+    if (colorspace !== TJCS.cmyk && colorspace !== TJCS.ycck) {
+      const data = new Uint8Array(width * height * 3);
+      tj.decompress(bytes, data, header, TJPF.rgb);
+      return { width, height, data };
+    }
+    const cmyk = new Uint8Array(width * height * 4);
+    tj.decompress(bytes, cmyk, header, TJPF.cmyk);
+    return { width, height, data: cmykToRgb(cmyk) };
+  } catch (e) {
+    if (e instanceof TurboJpegError) {
+      throw new DecodeError(`undecodable JPEG (${e.message})`);
+    }
+    throw e;
+  }
+}
+
+/**
+ * libjpeg's reading of the headers. TurboJPEG 2.x refuses to read those of
+ * chroma subsamplings it has no name for (4:1:0, say) though it decodes
+ * them, as PIL does: their sizes then come from the frame header.
+ */
+function turboJpegHeader(tj: TurboJpeg, bytes: Uint8Array): TurboJpegHeader {
+  try {
+    return tj.header(bytes);
+  } catch (e) {
+    const frame = jpegFrame(bytes);
+    if (!(e instanceof TurboJpegError && /subsampling/.test(e.message))) {
+      throw e;
+    }
+    if (frame === null) throw e;
+    const n = frame.components.length;
+    const colorspace = n === 4 ? TJCS.cmyk : n === 1 ? TJCS.gray : TJCS.ycbcr;
+    return {
+      width: frame.width,
+      height: frame.height,
+      subsampling: -1,
+      colorspace,
+    };
+  }
+}
+
+/**
+ * CMYK as libjpeg returns it to RGB, as PIL does: PIL reads four-component
+ * JPEGs as inverted ("CMYK;I", Adobe's convention), then `convert("RGB")`
+ * computes `255 - k - c * (255 - k) / 255` with its rounded MULDIV255.
+ */
+export function cmykToRgb(cmyk: Uint8Array): Uint8Array {
+  const n = cmyk.length >> 2;
+  const rgb = new Uint8Array(3 * n);
+  for (let p = 0; p < n; p++) {
+    const nk = cmyk[4 * p + 3]; // 255 - inverted k
+    for (let c = 0; c < 3; c++) {
+      const t = (255 - cmyk[4 * p + c]) * nk + 128;
+      const v = nk - (((t >> 8) + t) >> 8);
+      rgb[3 * p + c] = v < 0 ? 0 : v;
+    }
+  }
+  return rgb;
+}
+
 function decodeJpeg(bytes: Uint8Array): RgbImage {
-  if (!jpegIsComplete(bytes)) {
-    throw new DecodeError(
-      "truncated JPEG (no end-of-image marker after the last scan)",
-    );
+  const frame = jpegFrame(bytes);
+  if (frame === null) {
+    throw new DecodeError("undecodable JPEG (no frame header)");
   }
   let decoded: { width: number; height: number; data: Uint8Array };
   try {
-    decoded = jpeg.decode(bytes, {
-      useTArray: true,
-      // Three bytes per pixel straight from the colour conversion: no alpha
-      // channel to strip afterwards.
-      formatAsRGBA: false,
-      colorTransform: colorTransform(bytes),
-      // Damaged entropy-coded data decodes to what it can, as in libjpeg;
-      // a file cut short is refused above.
-      tolerantDecoding: true,
-      maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6,
-      maxMemoryUsageInMB: 1024,
-    });
+    // Damaged entropy-coded data decodes to what it can, as in libjpeg; a
+    // file cut short is refused before.
+    decoded = decodeJpegJs(
+      bytes,
+      frame,
+      colorTransform(bytes) ?? frame.components.length === 3,
+      { maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6, maxMemoryUsageInMB: 1024 },
+    );
   } catch (e) {
     throw new DecodeError(`undecodable JPEG (${errorText(e)})`);
   }

@@ -9,14 +9,18 @@
 export {
   DecodeError,
   decodeImage,
+  type DecodeOptions,
   type ImageFormat,
+  type JpegDecoder,
   jpegSize,
   MAX_IMAGE_FILE_BYTES,
   MAX_IMAGE_PIXELS,
   pngSize,
+  resolveJpegDecoder,
   type RgbImage,
   sniffFormat,
 } from "./decode.ts";
+export { turboJpeg, turboJpegMissing } from "./turbojpeg.ts";
 export {
   ArrayDataset,
   type ArrayDatasetOptions,
