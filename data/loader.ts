@@ -22,6 +22,7 @@ import { tensor, type TensorOptions } from "../nn/creation.ts";
 import { Generator } from "../nn/random.ts";
 import type { Tensor } from "../nn/tensor.ts";
 import type { Dataset, SampleSource } from "./dataset.ts";
+import { type JpegDecoder, resolveJpegDecoder } from "./decode.ts";
 import type { ViewRecipe } from "./pipelines.ts";
 import {
   type BatchJob,
@@ -48,6 +49,12 @@ export interface DataLoaderOptions {
   prefetch?: number;
   /** Called with each epoch's summary once its last batch is handed out. */
   onEpochEnd?: (summary: EpochSummary) => void;
+  /**
+   * The JPEG decoder (default "auto": TurboJPEG where libturbojpeg loads,
+   * otherwise jpeg-js, said once on stderr). Resolved once here, so every
+   * worker uses the same one.
+   */
+  jpeg?: JpegDecoder;
 }
 
 /** One batch: each view as float32 NCHW, and the samples' labels. */
@@ -253,6 +260,8 @@ export class DataLoader {
   readonly shuffle: boolean;
   readonly dropLast: boolean;
   readonly workers: number;
+  /** The JPEG decoder every sample is decoded with. */
+  readonly jpeg: "turbojpeg" | "jpeg-js";
   /** The summary of the last finished epoch. */
   lastSummary: EpochSummary | null = null;
   #pool: WorkerPool | null;
@@ -291,6 +300,7 @@ export class DataLoader {
     this.shuffle = options.shuffle ?? true;
     this.dropLast = options.dropLast ?? true;
     this.workers = workers;
+    this.jpeg = resolveJpegDecoder(options.jpeg);
     this.#onEpochEnd = options.onEpochEnd;
     this.#depth = Math.max(1, workers) * prefetch;
     if (this.length === 0) {
@@ -433,6 +443,7 @@ export class DataLoader {
         id: this.#nextJob++,
         seed: this.seed,
         views: this.views,
+        jpeg: this.jpeg,
         slots: n,
         samples,
         buffers,
@@ -502,6 +513,7 @@ export class DataLoader {
           id: this.#nextJob++,
           seed: this.seed,
           views: this.views,
+          jpeg: this.jpeg,
           slots: 1,
           samples: [{ slot: 0, key, source }],
           buffers: [],

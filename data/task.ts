@@ -27,6 +27,8 @@ export interface BatchJob {
   id: number;
   seed: number;
   views: ViewRecipe[];
+  /** The JPEG decoder, as the loader resolved it. */
+  jpeg: "turbojpeg" | "jpeg-js";
   /** The batch size: each view's array holds this many samples. */
   slots: number;
   samples: SampleJob[];
@@ -71,7 +73,7 @@ export class BatchRunner {
       const t0 = performance.now();
       let image: RgbImage;
       try {
-        image = pixels(sample.source);
+        image = pixels(sample.source, job.jpeg);
       } catch (e) {
         if (!(e instanceof DecodeError)) throw e;
         failures.push({ slot: sample.slot, reason: e.message });
@@ -96,10 +98,13 @@ export class BatchRunner {
   }
 }
 
-function pixels(source: SampleSource): RgbImage {
+function pixels(
+  source: SampleSource,
+  jpeg: "turbojpeg" | "jpeg-js",
+): RgbImage {
   switch (source.kind) {
     case "encoded":
-      return decodeImage(source.bytes);
+      return decodeImage(source.bytes, { jpeg });
     case "pixels":
       return source.image;
     case "noise": {
