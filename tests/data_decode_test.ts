@@ -2,7 +2,9 @@
  * The JPEG decoder against Go's reference decodes (image/testdata, BSD
  * licensed, see tests/fixtures/go-image/LICENSE): every colour model and
  * chroma subsampling, progressive files against their baseline twins, and
- * damaged files reported as DecodeError.
+ * damaged files reported as DecodeError. With the default decoder
+ * (TurboJPEG where installed); data_decode_pil_test.ts tests both decoders
+ * against PIL.
  */
 
 import {
@@ -37,9 +39,7 @@ const TOLERANCE = 8;
 const REFERENCES: [string, string][] = [
   ["video-001.jpeg", "video-001.png"],
   ["video-001.progressive.jpeg", "video-001.png"],
-  ["video-001.221212.jpeg", "video-001.221212.png"],
   ["video-001.cmyk.jpeg", "video-001.cmyk.png"],
-  ["video-001.rgb.jpeg", "video-001.rgb.png"],
   ["video-005.gray.jpeg", "video-005.gray.png"],
   [
     "video-001.progressive.truncated.jpeg",
@@ -56,6 +56,31 @@ for (const [jpeg, png] of REFERENCES) {
     assert.equal(actual.data.length, actual.width * actual.height * 3);
     const diff = maxDifference(actual.data, expected.data);
     assert.ok(diff <= TOLERANCE, `${jpeg}: max difference ${diff}`);
+  });
+}
+
+// Go repeats the samples of a subsampled component where libjpeg, and so
+// PIL and this decoder, filter them ("fancy" upsampling): in these two
+// files Go's pixels differ from libjpeg's by up to 30 and 94 levels at
+// colour edges, so only the mean difference is bounded against Go here.
+// Their pixels are tested against PIL's in data_decode_pil_test.ts.
+const SAMPLES_REPEATED_BY_GO: [string, string, number][] = [
+  ["video-001.221212.jpeg", "video-001.221212.png", 1.5],
+  ["video-001.rgb.jpeg", "video-001.rgb.png", 5],
+];
+
+for (const [jpeg, png, mean] of SAMPLES_REPEATED_BY_GO) {
+  Deno.test(`decodeImage() of ${jpeg} is within a mean ${mean} of ${png}`, () => {
+    const actual = decodeImage(read(jpeg));
+    const expected = decodeImage(read(png));
+    assert.equal(actual.width, expected.width);
+    assert.equal(actual.height, expected.height);
+    let sum = 0;
+    for (let i = 0; i < actual.data.length; i++) {
+      sum += Math.abs(actual.data[i] - expected.data[i]);
+    }
+    const diff = sum / actual.data.length;
+    assert.ok(diff <= mean, `${jpeg}: mean difference ${diff}`);
   });
 }
 
