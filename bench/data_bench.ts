@@ -1,21 +1,25 @@
 /**
- * Throughput of the data path on a real ImageNet-sized photograph
- * (tests/fixtures/photo/coffee-500x375.jpg): JPEG decoding, MEC's two-view
- * augmentation to 224 px, and the whole loader (decode + two views +
- * transfer) with 1 and with 2 workers.
+ * Throughput of the data path on real photographs: JPEG decoding by each
+ * decoder (jpeg-js, and TurboJPEG where libturbojpeg loads) on the
+ * ImageNet-sized tests/fixtures/photo/coffee-500x375.jpg and on all the
+ * committed photographs, MEC's two-view augmentation to 224 px, decode + two
+ * views on one thread, and the whole loader (decode + two views + transfer)
+ * with 1 and with 2 workers.
  *
- *     deno run --allow-read --allow-env bench/data_bench.ts [--json]
+ *     deno run --allow-read --allow-env --allow-ffi bench/data_bench.ts [--json]
  *
  * Prints images/s and ms per image for each case; with `--json`, one JSON
- * object per line (`{"name", "value", "unit"}`). For scale
- * (shared/reference/measured.md): PIL decodes such a photo in 1-1.6 ms and
- * torchvision's MEC view augmentation costs 11-15 ms per view, 22-30 ms per
- * image for two views.
+ * object per line (`{"name", "value", "unit"}`). torchvision's per-core
+ * figures on the same kind of photograph (shared/reference/measured.md) are
+ * in the case names: PIL decodes one in 1-1.6 ms (625-1000 images/s), and
+ * its MEC view augmentation costs 11-15 ms per view, so decode + two views
+ * runs at 31-43 images/s per core.
  *
  * @module
  */
 
-import { decodeImage } from "../data/decode.ts";
+import { decodeImage, type JpegDecoder } from "../data/decode.ts";
+import { turboJpeg } from "../data/turbojpeg.ts";
 import type { Dataset, SampleSource } from "../data/dataset.ts";
 import { DataLoader } from "../data/loader.ts";
 import { applyView, mecViews, ViewScratch } from "../data/pipelines.ts";
@@ -30,10 +34,17 @@ export interface DataCase {
   close?: () => Promise<void>;
 }
 
-const PHOTO_URL = new URL(
-  "../tests/fixtures/photo/coffee-500x375.jpg",
-  import.meta.url,
-);
+const PHOTOS = new URL("../tests/fixtures/photo/", import.meta.url);
+const PHOTO_URL = new URL("coffee-500x375.jpg", PHOTOS);
+
+/** The committed photographs (each kind of JPEG once), larger than 5x3. */
+function photoFiles(): Uint8Array[] {
+  return [...Deno.readDirSync(PHOTOS)]
+    .map((e) => e.name)
+    .filter((n) => n.endsWith(".jpg") && !n.includes("5x3"))
+    .sort()
+    .map((n) => Deno.readFileSync(new URL(n, PHOTOS)));
+}
 
 /** The photo's file, served for every index as an ImageFolder would. */
 class PhotoDataset implements Dataset {
@@ -54,31 +65,55 @@ class PhotoDataset implements Dataset {
 /** The data benchmark cases. */
 export function dataCases(): DataCase[] {
   const bytes = Deno.readFileSync(PHOTO_URL);
+  const photos = photoFiles();
   const image = decodeImage(bytes);
   const [view1, view2] = mecViews(224);
   const out = new Float32Array(3 * 224 * 224);
   const scratch = new ViewScratch();
   let key = 0;
-  const cases: DataCase[] = [
-    {
-      name: "decode JPEG 500x375",
+  const decoders: [JpegDecoder, string][] = [["jpeg-js", "jpeg-js"]];
+  if (turboJpeg() !== null) decoders.push(["turbojpeg", "TurboJPEG"]);
+  const cases: DataCase[] = [];
+  for (const [jpeg, label] of decoders) {
+    cases.push({
+      name: `decode JPEG 500x375, ${label} (PIL: 625-1000)`,
       images: 4,
       run: () => {
-        for (let i = 0; i < 4; i++) decodeImage(bytes);
+        for (let i = 0; i < 4; i++) decodeImage(bytes, { jpeg });
       },
+    }, {
+      name: `decode the ${photos.length} photo fixtures, ${label}`,
+      images: photos.length,
+      run: () => {
+        for (const photo of photos) decodeImage(photo, { jpeg });
+      },
+    });
+  }
+  cases.push({
+    name: "MEC two views 224 px (one thread)",
+    images: 4,
+    run: () => {
+      for (let i = 0; i < 4; i++) {
+        const gen = new Generator(0, 0, key++);
+        applyView(image, view1, gen, out, 0, scratch);
+        applyView(image, view2, gen, out, 0, scratch);
+      }
     },
-    {
-      name: "MEC two views 224 px (one thread)",
+  });
+  for (const [jpeg, label] of decoders) {
+    cases.push({
+      name: `decode 500x375 + two views 224 px, ${label} (torchvision: 31-43)`,
       images: 4,
       run: () => {
         for (let i = 0; i < 4; i++) {
+          const decoded = decodeImage(bytes, { jpeg });
           const gen = new Generator(0, 0, key++);
-          applyView(image, view1, gen, out, 0, scratch);
-          applyView(image, view2, gen, out, 0, scratch);
+          applyView(decoded, view1, gen, out, 0, scratch);
+          applyView(decoded, view2, gen, out, 0, scratch);
         }
       },
-    },
-  ];
+    });
+  }
   for (const workers of [1, 2]) {
     const batchSize = 16;
     const batches = 4;
@@ -92,7 +127,7 @@ export function dataCases(): DataCase[] {
     cases.push({
       name: `loader decode + two views 224 px, ${workers} worker${
         workers > 1 ? "s" : ""
-      }`,
+      }, ${loader.jpeg}`,
       images: batchSize * batches,
       run: async () => {
         for await (const batch of loader.epoch(epoch++)) loader.recycle(batch);
@@ -126,7 +161,7 @@ if (import.meta.main) {
       );
     } else {
       console.log(
-        `${c.name.padEnd(48)} ${(1000 / ms).toFixed(1).padStart(7)} images/s ${
+        `${c.name.padEnd(64)} ${(1000 / ms).toFixed(1).padStart(7)} images/s ${
           ms.toFixed(2).padStart(7)
         } ms/image`,
       );
