@@ -345,9 +345,6 @@ export function cmykToRgb(cmyk: Uint8Array): Uint8Array {
 
 function decodeJpeg(bytes: Uint8Array): RgbImage {
   const frame = jpegFrame(bytes);
-  if (frame === null) {
-    throw new DecodeError("undecodable JPEG (no frame header)");
-  }
   let decoded: { width: number; height: number; data: Uint8Array };
   try {
     // Damaged entropy-coded data decodes to what it can, as in libjpeg; a
@@ -355,7 +352,7 @@ function decodeJpeg(bytes: Uint8Array): RgbImage {
     decoded = decodeJpegJs(
       bytes,
       frame,
-      colorTransform(bytes) ?? frame.components.length === 3,
+      colorTransform(bytes),
       { maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6, maxMemoryUsageInMB: 1024 },
     );
   } catch (e) {

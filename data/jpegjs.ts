@@ -34,14 +34,15 @@ export interface JpegJsLimits {
 }
 
 /**
- * Decodes to RGB. `transform` says whether three components are YCbCr
- * (libjpeg's rule, decided from the JFIF and Adobe markers by the caller).
+ * Decodes to RGB. `transform` says whether the components are YCbCr (YCCK)
+ * by libjpeg's rule, decided from the JFIF and Adobe markers by the caller;
+ * undefined leaves jpeg-js's default (three components are, four are not).
  * Throws jpeg-js's errors as they are.
  */
 export function decodeJpegJs(
   bytes: Uint8Array,
-  frame: JpegFrame,
-  transform: boolean,
+  frame: JpegFrame | null,
+  transform: boolean | undefined,
   limits: JpegJsLimits,
 ): { width: number; height: number; data: Uint8Array } {
   const options = {
@@ -50,7 +51,9 @@ export function decodeJpegJs(
     tolerantDecoding: true,
     ...limits,
   } as const;
-  if (frame.components.length !== 3) {
+  // Without a frame header before the first scan that the caller could
+  // find (bytes between segments, which libjpeg skips), jpeg-js decides.
+  if (frame === null || frame.components.length !== 3) {
     return jpeg.decode(bytes, { ...options, colorTransform: transform });
   }
   // jpeg-js converts colours whenever an Adobe marker's transform code is
@@ -72,7 +75,7 @@ export function decodeJpegJs(
   frame.components.forEach(({ h, v }, c) => {
     upsample(raw.data, out, width, height, c, maxH / h, maxV / v);
   });
-  if (transform) yccToRgb(out);
+  if (transform ?? true) yccToRgb(out);
   return { width, height, data: out };
 }
 
@@ -125,28 +128,36 @@ export function upsample(
   // The plane's size, as libjpeg's downsampled_width and _height.
   const cw = Math.ceil(width / rh);
   const ch = Math.ceil(height / rv);
-  const sample = (j: number, i: number) =>
-    raw[j * rv * stride + 3 * i * rh + c];
+  // Sample (j, i) of the plane is raw[j * rowStep + i * colStep + c].
+  const rowStep = rv * stride;
+  const colStep = 3 * rh;
   if (rh === 2 && rv === 1 && cw > 2) {
-    // h2v1_fancy_upsample: 3/4 nearer sample + 1/4 further, biased 1 or 2.
+    // h2v1_fancy_upsample: 3/4 nearer sample + 1/4 further, biased 1 or 2;
+    // the first and last samples stand in for their missing neighbours.
+    const last = (cw - 1) * colStep;
     for (let y = 0; y < height; y++) {
+      const base = y * rowStep + c;
       const row = y * stride + c;
-      for (let i = 0; i < cw; i++) {
-        const s = 3 * sample(y, i);
-        const left = sample(y, i > 0 ? i - 1 : i);
-        const right = sample(y, i < cw - 1 ? i + 1 : i);
+      for (let i = 0, q = 0; i < cw; i++, q += colStep) {
+        const s = 3 * raw[base + q];
+        const left = raw[base + (q > 0 ? q - colStep : q)];
+        const right = raw[base + (q < last ? q + colStep : q)];
         out[row + 6 * i] = (s + left + 1) >> 2;
         if (2 * i + 1 < width) out[row + 6 * i + 3] = (s + right + 2) >> 2;
       }
     }
   } else if (rh === 2 && rv === 2 && cw > 2) {
     // h2v2_fancy_upsample: vertical 3:1 column sums, then horizontal 3:1
-    // on the sums, biased 8 and 7, over 16.
+    // on the sums, biased 8 and 7, over 16; edge rows and columns repeated.
     const sums = new Int32Array(cw);
     for (let y = 0; y < height; y++) {
       const j = y >> 1;
       const near = (y & 1) === 0 ? Math.max(j - 1, 0) : Math.min(j + 1, ch - 1);
-      for (let i = 0; i < cw; i++) sums[i] = 3 * sample(j, i) + sample(near, i);
+      const a = j * rowStep + c;
+      const b = near * rowStep + c;
+      for (let i = 0, q = 0; i < cw; i++, q += colStep) {
+        sums[i] = 3 * raw[a + q] + raw[b + q];
+      }
       const row = y * stride + c;
       for (let i = 0; i < cw; i++) {
         const s = 3 * sums[i];
@@ -165,8 +176,10 @@ export function upsample(
       const near = above ? Math.max(j - 1, 0) : Math.min(j + 1, ch - 1);
       const bias = above ? 1 : 2;
       const row = y * stride + c;
-      for (let x = 0; x < width; x++) {
-        out[row + 3 * x] = (3 * sample(j, x) + sample(near, x) + bias) >> 2;
+      const a = j * rowStep + c;
+      const b = near * rowStep + c;
+      for (let x = 0; x < stride; x += 3) {
+        out[row + x] = (3 * raw[a + x] + raw[b + x] + bias) >> 2;
       }
     }
   } else {
@@ -194,15 +207,18 @@ for (let i = 0; i < 256; i++) {
 
 /** YCbCr to RGB in place, exactly as libjpeg's ycc_rgb_convert. */
 export function yccToRgb(data: Uint8Array): void {
+  // Stores through a clamped view: libjpeg's range_limit, without branches.
+  const clamped = new Uint8ClampedArray(
+    data.buffer,
+    data.byteOffset,
+    data.length,
+  );
   for (let p = 0; p < data.length; p += 3) {
     const y = data[p];
     const cb = data[p + 1];
     const cr = data[p + 2];
-    const r = y + CR_R[cr];
-    const g = y + ((CB_G[cb] + CR_G[cr]) >> SCALEBITS);
-    const b = y + CB_B[cb];
-    data[p] = r < 0 ? 0 : r > 255 ? 255 : r;
-    data[p + 1] = g < 0 ? 0 : g > 255 ? 255 : g;
-    data[p + 2] = b < 0 ? 0 : b > 255 ? 255 : b;
+    clamped[p] = y + CR_R[cr];
+    clamped[p + 1] = y + ((CB_G[cb] + CR_G[cr]) >> SCALEBITS);
+    clamped[p + 2] = y + CB_B[cb];
   }
 }

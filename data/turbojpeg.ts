@@ -181,7 +181,10 @@ function wrap(
         subsampling,
         colorspace,
       );
-      if (status !== 0) fail("tjDecompressHeader3");
+      // A warning (junk bytes before a marker, say) still reads the header.
+      if (status !== 0 && s.tjGetErrorCode(handle) !== TJERR_WARNING) {
+        fail("tjDecompressHeader3");
+      }
       return {
         width: width[0],
         height: height[0],
