@@ -228,6 +228,28 @@ Deno.test("jpeg-js's subsampled files agree with PIL as closely as its 4:4:4 fil
   }
 });
 
+Deno.test("an Adobe marker saying YCbCr changes nothing, for either decoder", () => {
+  // APP14 "Adobe", version 100, no flags, transform 1 (YCbCr), after SOI:
+  // libjpeg reads the file as without it. jpeg-js converts colours itself
+  // whenever the code is non-zero, so its planes come from a copy with the
+  // code cleared; the result must not change.
+  const app14 = [0xff, 0xee, 0, 14, 0x41, 0x64, 0x6f, 0x62, 0x65, 0, 100];
+  const adobe = Uint8Array.from([
+    ...photo.subarray(0, 2),
+    ...app14,
+    0,
+    0,
+    0,
+    0,
+    1,
+    ...photo.subarray(2),
+  ]);
+  for (const jpeg of DECODERS) {
+    const plain = decodeImage(photo, { jpeg });
+    assert.deepEqual(decodeImage(adobe, { jpeg }).data, plain.data, jpeg);
+  }
+});
+
 Deno.test("a PNG named .jpg is decoded as the PNG it is, as PIL does", () => {
   const png = read("pil/photo/coffee-420-5x3.png");
   for (const jpeg of DECODERS) {
