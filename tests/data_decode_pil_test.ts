@@ -306,6 +306,31 @@ Deno.test("a missing libturbojpeg falls back to jpeg-js with a one-line note", a
   assert.match(insist.stdout, /MEC_TURBOJPEG=off/);
 });
 
+Deno.test("a loader with workers and no libturbojpeg says so once", async () => {
+  const root = await photoFolder();
+  try {
+    const { code, stdout, stderr } = await run(
+      { MEC_TURBOJPEG: "off" },
+      `import { imageFolder } from "./data/folder.ts";
+       import { DataLoader } from "./data/loader.ts";
+       import { mecViews } from "./data/pipelines.ts";
+       const dataset = await imageFolder(${JSON.stringify(root)});
+       await using loader = new DataLoader({
+         dataset, views: mecViews(16), batchSize: 4, workers: 2,
+       });
+       let n = 0;
+       for await (const batch of loader.epoch(0)) n += batch.indices.length;
+       console.log(loader.jpeg, n);`,
+    );
+    assert.equal(code, 0, stderr);
+    assert.equal(stdout.trim(), "jpeg-js 12");
+    assert.equal(stderr.trim().split("\n").length, 1, stderr);
+    assert.match(stderr, /^note: MEC_TURBOJPEG=off/);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
 Deno.test({
   name: "MEC_TURBOJPEG names the library file to load",
   ignore: noTurbo,
