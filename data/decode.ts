@@ -85,21 +85,29 @@ let noted = false;
 /**
  * The decoder that `choice` means in this process: `"auto"` becomes
  * `"turbojpeg"` where libturbojpeg loads, otherwise `"jpeg-js"`, saying so
- * once on stderr (never an error).
+ * once on stderr ({@link noteJpegFallback}) unless `quiet`; never an error.
  *
  * @throws {Error} when `"turbojpeg"` is asked for and cannot be loaded.
  */
 export function resolveJpegDecoder(
   choice: JpegDecoder = "auto",
+  quiet = false,
 ): "turbojpeg" | "jpeg-js" {
   if (choice === "jpeg-js") return choice;
   if (turboJpeg() !== null) return "turbojpeg";
   if (choice === "turbojpeg") throw new Error(turboJpegMissing());
-  if (!noted) {
-    noted = true;
-    console.error(`note: ${turboJpegMissing()}`);
-  }
+  if (!quiet) noteJpegFallback();
   return "jpeg-js";
+}
+
+/**
+ * Says once per thread, on stderr, that JPEGs decode through jpeg-js
+ * because libturbojpeg did not load (and why); nothing when it loaded.
+ */
+export function noteJpegFallback(): void {
+  if (noted || turboJpeg() !== null) return;
+  noted = true;
+  console.error(`note: ${turboJpegMissing()}`);
 }
 
 /**

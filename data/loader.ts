@@ -22,7 +22,12 @@ import { tensor, type TensorOptions } from "../nn/creation.ts";
 import { Generator } from "../nn/random.ts";
 import type { Tensor } from "../nn/tensor.ts";
 import type { Dataset, SampleSource } from "./dataset.ts";
-import { type JpegDecoder, resolveJpegDecoder } from "./decode.ts";
+import {
+  type JpegDecoder,
+  noteJpegFallback,
+  resolveJpegDecoder,
+  sniffFormat,
+} from "./decode.ts";
 import type { ViewRecipe } from "./pipelines.ts";
 import {
   type BatchJob,
@@ -51,8 +56,8 @@ export interface DataLoaderOptions {
   onEpochEnd?: (summary: EpochSummary) => void;
   /**
    * The JPEG decoder (default "auto": TurboJPEG where libturbojpeg loads,
-   * otherwise jpeg-js, said once on stderr). Resolved once here, so every
-   * worker uses the same one.
+   * otherwise jpeg-js, said once on stderr when the first JPEG is met).
+   * Resolved once here, so every worker uses the same one.
    */
   jpeg?: JpegDecoder;
 }
@@ -270,6 +275,8 @@ export class DataLoader {
   #free: ArrayBuffer[][] = [];
   #onEpochEnd?: (summary: EpochSummary) => void;
   #nextJob = 0;
+  /** Whether the first JPEG met should say that jpeg-js decodes it. */
+  #noteFallback: boolean;
 
   constructor(options: DataLoaderOptions) {
     const { dataset, views, batchSize } = options;
@@ -300,7 +307,9 @@ export class DataLoader {
     this.shuffle = options.shuffle ?? true;
     this.dropLast = options.dropLast ?? true;
     this.workers = workers;
-    this.jpeg = resolveJpegDecoder(options.jpeg);
+    this.jpeg = resolveJpegDecoder(options.jpeg, true);
+    this.#noteFallback = (options.jpeg ?? "auto") === "auto" &&
+      this.jpeg === "jpeg-js";
     this.#onEpochEnd = options.onEpochEnd;
     this.#depth = Math.max(1, workers) * prefetch;
     if (this.length === 0) {
@@ -403,6 +412,15 @@ export class DataLoader {
   }
 
   #run(job: BatchJob, transfer: Transferable[]): Promise<BatchResult> {
+    if (
+      this.#noteFallback &&
+      job.samples.some((s) =>
+        s.source.kind === "encoded" && sniffFormat(s.source.bytes) === "jpeg"
+      )
+    ) {
+      this.#noteFallback = false;
+      noteJpegFallback();
+    }
     if (this.#pool !== null) return this.#pool.run(job, transfer);
     const runner = this.#runner!;
     return Promise.resolve().then(() => runner.run(job));

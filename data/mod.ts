@@ -15,6 +15,7 @@ export {
   jpegSize,
   MAX_IMAGE_FILE_BYTES,
   MAX_IMAGE_PIXELS,
+  noteJpegFallback,
   pngSize,
   resolveJpegDecoder,
   type RgbImage,

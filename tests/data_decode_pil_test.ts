@@ -306,7 +306,7 @@ Deno.test("a missing libturbojpeg falls back to jpeg-js with a one-line note", a
   assert.match(insist.stdout, /MEC_TURBOJPEG=off/);
 });
 
-Deno.test("a loader with workers and no libturbojpeg says so once", async () => {
+Deno.test("a loader with workers and no libturbojpeg says so once, at its first JPEG", async () => {
   const root = await photoFolder();
   try {
     const { code, stdout, stderr } = await run(
@@ -326,6 +326,25 @@ Deno.test("a loader with workers and no libturbojpeg says so once", async () => 
     assert.equal(stdout.trim(), "jpeg-js 12");
     assert.equal(stderr.trim().split("\n").length, 1, stderr);
     assert.match(stderr, /^note: MEC_TURBOJPEG=off/);
+    // Without a JPEG to decode (decoded pixels here), nothing is said.
+    const pixels = await run(
+      { MEC_TURBOJPEG: "off" },
+      `import { ArrayDataset } from "./data/dataset.ts";
+       import { DataLoader } from "./data/loader.ts";
+       import { mecViews } from "./data/pipelines.ts";
+       const dataset = new ArrayDataset({
+         pixels: new Uint8Array(8 * 16 * 16), labels: new Array(8).fill(0),
+         width: 16, height: 16, channels: 1, classes: ["a"],
+       });
+       await using loader = new DataLoader({
+         dataset, views: mecViews(16), batchSize: 4, workers: 1,
+       });
+       for await (const batch of loader.epoch(0)) loader.recycle(batch);
+       console.log(loader.jpeg);`,
+    );
+    assert.equal(pixels.code, 0, pixels.stderr);
+    assert.equal(pixels.stdout.trim(), "jpeg-js");
+    assert.equal(pixels.stderr, "");
   } finally {
     await Deno.remove(root, { recursive: true });
   }
