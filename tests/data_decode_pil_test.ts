@@ -4,7 +4,7 @@
  * tests/fixtures/pil/ were written by Debian's python3-pil 9.4 on
  * libjpeg-turbo 2.1.5 (make_references.py), from real photographs
  * (tests/fixtures/photo/, CC0, and Go's test images): 4:2:0, 4:2:2, 4:4:4,
- * 4:4:0, 4:1:1, 4:1:0, progressive, greyscale, CMYK, Adobe RGB, restart
+ * 4:4:0, 4:1:1, 4:1:0, progressive, greyscale, CMYK, YCCK, Adobe RGB, restart
  * markers, odd sizes. TurboJPEG on the same libjpeg-turbo must give PIL's
  * pixels exactly; jpeg-js with libjpeg's upsampling and colour conversion
  * within a few levels. Then hostile files, the library's discovery, and the
@@ -78,6 +78,7 @@ Deno.test("the PIL references cover every kind of JPEG the issue lists", () => {
       "progressive",
       "gray",
       "cmyk",
+      "ycck",
       "restart",
       "rgb",
       "5x3",
