@@ -4,7 +4,7 @@
  * ImageNet-sized tests/fixtures/photo/coffee-500x375.jpg and on all the
  * committed photographs, MEC's two-view augmentation to 224 px, decode + two
  * views on one thread, and the whole loader (decode + two views + transfer)
- * with 1 and with 2 workers.
+ * with 1 and with 2 workers, for each decoder.
  *
  *     deno run --allow-read --allow-env --allow-ffi bench/data_bench.ts [--json]
  *
@@ -114,26 +114,31 @@ export function dataCases(): DataCase[] {
       },
     });
   }
-  for (const workers of [1, 2]) {
-    const batchSize = 16;
-    const batches = 4;
-    const loader = new DataLoader({
-      dataset: new PhotoDataset(batchSize * batches, bytes),
-      views: [view1, view2],
-      batchSize,
-      workers,
-    });
-    let epoch = 0;
-    cases.push({
-      name: `loader decode + two views 224 px, ${workers} worker${
-        workers > 1 ? "s" : ""
-      }, ${loader.jpeg}`,
-      images: batchSize * batches,
-      run: async () => {
-        for await (const batch of loader.epoch(epoch++)) loader.recycle(batch);
-      },
-      close: () => loader.close(),
-    });
+  for (const [jpeg, label] of decoders) {
+    for (const workers of [1, 2]) {
+      const batchSize = 16;
+      const batches = 4;
+      const loader = new DataLoader({
+        dataset: new PhotoDataset(batchSize * batches, bytes),
+        views: [view1, view2],
+        batchSize,
+        workers,
+        jpeg,
+      });
+      let epoch = 0;
+      cases.push({
+        name: `loader decode + two views 224 px, ${workers} worker${
+          workers > 1 ? "s" : ""
+        }, ${label}`,
+        images: batchSize * batches,
+        run: async () => {
+          for await (const batch of loader.epoch(epoch++)) {
+            loader.recycle(batch);
+          }
+        },
+        close: () => loader.close(),
+      });
+    }
   }
   return cases;
 }
