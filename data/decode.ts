@@ -75,9 +75,33 @@ export function sniffFormat(bytes: Uint8Array): ImageFormat | null {
  */
 export type JpegDecoder = "auto" | "turbojpeg" | "jpeg-js";
 
+/**
+ * A buffer that decodes reuse, one per thread: a fresh 500x375 RGB array
+ * costs 0.7 ms of page faults, 40 % of TurboJPEG's whole decode. Images up
+ * to {@link DecodeScratch.MAX_BYTES} are written into it; larger ones get
+ * their own array, so that one huge image does not pin its memory.
+ */
+export class DecodeScratch {
+  /** Largest image kept in the scratch: 16 MB, 5.3 megapixels of RGB. */
+  static readonly MAX_BYTES = 16 * 1024 * 1024;
+  #buffer = new Uint8Array(0);
+
+  /** `bytes` bytes, valid until the next call. */
+  take(bytes: number): Uint8Array {
+    if (bytes > DecodeScratch.MAX_BYTES) return new Uint8Array(bytes);
+    if (this.#buffer.length < bytes) this.#buffer = new Uint8Array(bytes);
+    return this.#buffer.subarray(0, bytes);
+  }
+}
+
 /** Options of {@link decodeImage}. */
 export interface DecodeOptions {
   jpeg?: JpegDecoder;
+  /**
+   * Decode into this scratch's buffer (TurboJPEG's RGB output): the image's
+   * pixels are then valid only until the scratch's next use.
+   */
+  scratch?: DecodeScratch;
 }
 
 let noted = false;
@@ -132,7 +156,7 @@ export function decodeImage(
     );
   }
   return resolveJpegDecoder(options.jpeg) === "turbojpeg"
-    ? decodeTurboJpeg(turboJpeg()!, bytes)
+    ? decodeTurboJpeg(turboJpeg()!, bytes, options.scratch)
     : decodeJpeg(bytes);
 }
 
@@ -283,7 +307,11 @@ function ascii(bytes: Uint8Array, start: number, length: number): string {
  * reading of the header before any pixel is allocated. CMYK and YCCK files
  * come out of libjpeg as CMYK and are converted to RGB as PIL does.
  */
-function decodeTurboJpeg(tj: TurboJpeg, bytes: Uint8Array): RgbImage {
+function decodeTurboJpeg(
+  tj: TurboJpeg,
+  bytes: Uint8Array,
+  scratch?: DecodeScratch,
+): RgbImage {
   try {
     const header = turboJpegHeader(tj, bytes);
     const { width, height, colorspace } = header;
@@ -292,7 +320,8 @@ function decodeTurboJpeg(tj: TurboJpeg, bytes: Uint8Array): RgbImage {
       throw new DecodeError(`undecodable JPEG (${width}x${height} pixels)`);
     }
     if (colorspace !== TJCS.cmyk && colorspace !== TJCS.ycck) {
-      const data = new Uint8Array(width * height * 3);
+      const n = width * height * 3;
+      const data = scratch ? scratch.take(n) : new Uint8Array(n);
       tj.decompress(bytes, data, header, TJPF.rgb);
       return { width, height, data };
     }

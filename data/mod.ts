@@ -10,6 +10,7 @@ export {
   DecodeError,
   decodeImage,
   type DecodeOptions,
+  DecodeScratch,
   type ImageFormat,
   type JpegDecoder,
   jpegSize,

@@ -9,7 +9,12 @@
 
 import { Generator } from "../nn/random.ts";
 import type { SampleSource } from "./dataset.ts";
-import { DecodeError, decodeImage, type RgbImage } from "./decode.ts";
+import {
+  DecodeError,
+  decodeImage,
+  DecodeScratch,
+  type RgbImage,
+} from "./decode.ts";
 import { noiseBytes } from "./dummy.ts";
 import { applyView, type ViewRecipe, ViewScratch } from "./pipelines.ts";
 
@@ -57,6 +62,8 @@ export interface BatchResult {
 /** Runs batch jobs with buffers kept between jobs (one per thread). */
 export class BatchRunner {
   #scratch = new ViewScratch();
+  /** Each sample's pixels, used up by its views before the next decode. */
+  #decoded = new DecodeScratch();
 
   run(job: BatchJob): BatchResult {
     const sizes = job.views.map((v) => 3 * v.size * v.size);
@@ -73,7 +80,7 @@ export class BatchRunner {
       const t0 = performance.now();
       let image: RgbImage;
       try {
-        image = pixels(sample.source, job.jpeg);
+        image = pixels(sample.source, job.jpeg, this.#decoded);
       } catch (e) {
         if (!(e instanceof DecodeError)) throw e;
         failures.push({ slot: sample.slot, reason: e.message });
@@ -101,10 +108,11 @@ export class BatchRunner {
 function pixels(
   source: SampleSource,
   jpeg: "turbojpeg" | "jpeg-js",
+  scratch: DecodeScratch,
 ): RgbImage {
   switch (source.kind) {
     case "encoded":
-      return decodeImage(source.bytes, { jpeg });
+      return decodeImage(source.bytes, { jpeg, scratch });
     case "pixels":
       return source.image;
     case "noise": {

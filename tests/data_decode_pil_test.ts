@@ -15,6 +15,7 @@ import { join } from "node:path";
 import {
   DecodeError,
   decodeImage,
+  DecodeScratch,
   type JpegDecoder,
   resolveJpegDecoder,
 } from "../data/decode.ts";
@@ -249,6 +250,20 @@ Deno.test("an Adobe marker saying YCbCr changes nothing, for either decoder", ()
     const plain = decodeImage(photo, { jpeg });
     assert.deepEqual(decodeImage(adobe, { jpeg }).data, plain.data, jpeg);
   }
+});
+
+Deno.test("decodeImage() with a scratch gives the same pixels in one reused buffer", () => {
+  const scratch = new DecodeScratch();
+  const small = read("photo/coffee-420-progressive-167x125.jpg");
+  for (const jpeg of DECODERS) {
+    const a = decodeImage(photo, { jpeg, scratch });
+    assert.deepEqual(a.data, decodeImage(photo, { jpeg }).data, jpeg);
+    const b = decodeImage(small, { jpeg, scratch });
+    assert.deepEqual(b.data, decodeImage(small, { jpeg }).data, jpeg);
+    if (jpeg === "turbojpeg") assert.ok(a.data.buffer === b.data.buffer);
+  }
+  const big = scratch.take(DecodeScratch.MAX_BYTES + 1);
+  assert.ok(big.buffer !== scratch.take(10).buffer, "a huge image is not kept");
 });
 
 Deno.test("a PNG named .jpg is decoded as the PNG it is, as PIL does", () => {
