@@ -18,7 +18,11 @@
  * @module
  */
 
-import { decodeImage, type JpegDecoder } from "../data/decode.ts";
+import {
+  decodeImage,
+  DecodeScratch,
+  type JpegDecoder,
+} from "../data/decode.ts";
 import { turboJpeg } from "../data/turbojpeg.ts";
 import type { Dataset, SampleSource } from "../data/dataset.ts";
 import { DataLoader } from "../data/loader.ts";
@@ -70,6 +74,8 @@ export function dataCases(): DataCase[] {
   const [view1, view2] = mecViews(224);
   const out = new Float32Array(3 * 224 * 224);
   const scratch = new ViewScratch();
+  // Decodes reuse one output buffer, as the loader's workers do.
+  const decoded = new DecodeScratch();
   let key = 0;
   const decoders: [JpegDecoder, string][] = [["jpeg-js", "jpeg-js"]];
   if (turboJpeg() !== null) decoders.push(["turbojpeg", "TurboJPEG"]);
@@ -79,13 +85,17 @@ export function dataCases(): DataCase[] {
       name: `decode JPEG 500x375, ${label} (PIL: 625-1000)`,
       images: 4,
       run: () => {
-        for (let i = 0; i < 4; i++) decodeImage(bytes, { jpeg });
+        for (let i = 0; i < 4; i++) {
+          decodeImage(bytes, { jpeg, scratch: decoded });
+        }
       },
     }, {
       name: `decode the ${photos.length} photo fixtures, ${label}`,
       images: photos.length,
       run: () => {
-        for (const photo of photos) decodeImage(photo, { jpeg });
+        for (const photo of photos) {
+          decodeImage(photo, { jpeg, scratch: decoded });
+        }
       },
     });
   }
@@ -106,10 +116,10 @@ export function dataCases(): DataCase[] {
       images: 4,
       run: () => {
         for (let i = 0; i < 4; i++) {
-          const decoded = decodeImage(bytes, { jpeg });
+          const image = decodeImage(bytes, { jpeg, scratch: decoded });
           const gen = new Generator(0, 0, key++);
-          applyView(decoded, view1, gen, out, 0, scratch);
-          applyView(decoded, view2, gen, out, 0, scratch);
+          applyView(image, view1, gen, out, 0, scratch);
+          applyView(image, view2, gen, out, 0, scratch);
         }
       },
     });
