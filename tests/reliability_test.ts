@@ -25,28 +25,9 @@ import { join } from "node:path";
 import { readSafetensors, writeSafetensors } from "../nn/safetensors.ts";
 import { REPEAT_INTERRUPT_MS } from "../tools/cli.ts";
 import { JsonLog } from "../tools/progress.ts";
+import { FIXTURES, JPEGS, PERMISSIONS, ROOT } from "./tool_runs.ts";
 import { assert } from "./assert.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-const JPEGS = [
-  "go-image/video-001.jpeg",
-  "go-image/video-001.q50.420.jpeg",
-  "go-image/video-001.progressive.jpeg",
-  "go-image/video-005.gray.jpeg",
-  "go-image/video-001.q50.444.jpeg",
-  "go-image/video-001.rgb.jpeg",
-  "photo/coffee-500x375.jpg",
-  "go-image/video-001.q50.422.jpeg",
-];
-/** The permissions of the tasks in deno.json. */
-const PERMISSIONS = [
-  "--allow-read",
-  "--allow-write",
-  "--allow-ffi",
-  "--allow-env",
-  "--allow-sys=systemMemoryInfo",
-];
 /** The tiny configuration: one epoch of one iteration on 8 images. */
 const TINY = [
   "--arch",

@@ -15,30 +15,11 @@ import {
   resnet18,
   scope,
 } from "../mod.ts";
+import { FIXTURES, JPEGS, PERMISSIONS, ROOT } from "./tool_runs.ts";
 import { assertFrozen, snapshotState } from "../tools/probe.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { testDevice } from "./device.ts";
 
-const ROOT = new URL("..", import.meta.url).pathname;
-const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-const JPEGS = [
-  "go-image/video-001.jpeg",
-  "go-image/video-001.q50.420.jpeg",
-  "go-image/video-001.progressive.jpeg",
-  "go-image/video-005.gray.jpeg",
-  "go-image/video-001.q50.444.jpeg",
-  "go-image/video-001.rgb.jpeg",
-  "photo/coffee-500x375.jpg",
-  "go-image/video-001.q50.422.jpeg",
-];
-/** The flags of the task definitions in deno.json. */
-const PERMISSIONS = [
-  "--allow-read",
-  "--allow-write",
-  "--allow-ffi",
-  "--allow-env",
-  "--allow-sys=systemMemoryInfo",
-];
 /** A tiny network and schedule: two epochs of two iterations. */
 const TINY = [
   "--arch",
