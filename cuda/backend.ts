@@ -57,11 +57,18 @@ import type {
 } from "../nn/backend.ts";
 import { CachingAllocator, driverMemory } from "./allocator.ts";
 import { addr, type Block, CudaBuffer, cudaBuffer } from "./buffer.ts";
-import { convKey, type ConvMode, ConvPlan, type Workspace } from "./conv.ts";
+import {
+  type ConvBuffers,
+  convKey,
+  type ConvMode,
+  ConvPlan,
+  type Workspace,
+} from "./conv.ts";
 import { CublasHandle } from "./cublas.ts";
 import {
   ActivationDescriptor,
   BATCHNORM_SPATIAL,
+  type ConvDirection,
   CudnnHandle,
   type TensorDescriptor,
 } from "./cudnn.ts";
@@ -241,52 +248,46 @@ export class CudaBackend implements Backend {
     }
   }
 
+  /**
+   * One direction of a convolution, with buffers by role: x the input (or
+   * its gradient), w the filter (or its gradient), y the output (or its
+   * gradient), as cuDNN's descriptors name them.
+   */
+  #convolve(
+    d: ConvForwardArgs["desc"],
+    dir: ConvDirection,
+    b: ConvBuffers,
+  ): void {
+    const plan = this.#conv(d);
+    const p = plan.algorithm(this.#dnn, dir, b, this.#workspace);
+    this.#withWorkspace(
+      p.memory,
+      (ws) => this.#dnn.convolution(dir, plan.desc, p.algo, b, ws, p.memory),
+    );
+  }
+
   conv2dForward(a: ConvForwardArgs): void {
-    const plan = this.#conv(a.desc);
-    const b = { x: addr(a.x), w: addr(a.w), y: addr(a.y) };
-    const p = plan.algorithm(this.#dnn, "forward", b, this.#workspace);
-    this.#withWorkspace(p.memory, (ws) =>
-      this.#dnn.convolutionForward(
-        plan.desc,
-        p.algo,
-        b.x,
-        b.w,
-        b.y,
-        ws,
-        p.memory,
-      ));
+    this.#convolve(a.desc, "forward", {
+      x: addr(a.x),
+      w: addr(a.w),
+      y: addr(a.y),
+    });
   }
 
   conv2dBackwardData(a: ConvBackwardDataArgs): void {
-    const plan = this.#conv(a.desc);
-    const b = { x: addr(a.dx), w: addr(a.w), y: addr(a.dy) };
-    const p = plan.algorithm(this.#dnn, "backwardData", b, this.#workspace);
-    this.#withWorkspace(p.memory, (ws) =>
-      this.#dnn.convolutionBackwardData(
-        plan.desc,
-        p.algo,
-        b.w,
-        b.y,
-        b.x,
-        ws,
-        p.memory,
-      ));
+    this.#convolve(a.desc, "backwardData", {
+      x: addr(a.dx),
+      w: addr(a.w),
+      y: addr(a.dy),
+    });
   }
 
   conv2dBackwardFilter(a: ConvBackwardFilterArgs): void {
-    const plan = this.#conv(a.desc);
-    const b = { x: addr(a.x), w: addr(a.dw), y: addr(a.dy) };
-    const p = plan.algorithm(this.#dnn, "backwardFilter", b, this.#workspace);
-    this.#withWorkspace(p.memory, (ws) =>
-      this.#dnn.convolutionBackwardFilter(
-        plan.desc,
-        p.algo,
-        b.x,
-        b.y,
-        b.w,
-        ws,
-        p.memory,
-      ));
+    this.#convolve(a.desc, "backwardFilter", {
+      x: addr(a.x),
+      w: addr(a.dw),
+      y: addr(a.dy),
+    });
   }
 
   // --- batch norm -------------------------------------------------------------

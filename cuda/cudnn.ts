@@ -1194,6 +1194,52 @@ export class CudnnHandle {
     return Number(v[0]);
   }
 
+  /**
+   * One direction of a convolution with buffers by role (x input, w filter,
+   * y output, or their gradients), overwriting the direction's result.
+   */
+  convolution(
+    dir: ConvDirection,
+    d: ConvDescriptors,
+    algo: number,
+    b: { x: bigint; w: bigint; y: bigint },
+    workspace: bigint,
+    workspaceBytes: number,
+  ): void {
+    switch (dir) {
+      case "forward":
+        return this.convolutionForward(
+          d,
+          algo,
+          b.x,
+          b.w,
+          b.y,
+          workspace,
+          workspaceBytes,
+        );
+      case "backwardData":
+        return this.convolutionBackwardData(
+          d,
+          algo,
+          b.w,
+          b.y,
+          b.x,
+          workspace,
+          workspaceBytes,
+        );
+      case "backwardFilter":
+        return this.convolutionBackwardFilter(
+          d,
+          algo,
+          b.x,
+          b.y,
+          b.w,
+          workspace,
+          workspaceBytes,
+        );
+    }
+  }
+
   /** `y = alpha conv(x, w) + beta y`. */
   convolutionForward(
     d: ConvDescriptors,
