@@ -30,6 +30,7 @@ import {
   supportedArchs,
 } from "../cuda/nvrtc.ts";
 import { CpuBackend } from "../cpu/mod.ts";
+import { resnet50Network } from "../bench/conv_shapes.ts";
 import { convDesc } from "../nn/ops/conv.ts";
 import { poolDesc } from "../nn/ops/pool.ts";
 import { Generator } from "../nn/random.ts";
@@ -192,59 +193,16 @@ Deno.test({
   },
 });
 
-/** Every distinct convolution of torchvision's ResNet-50 at 224 px. */
+/** Every distinct convolution of torchvision's ResNet-50 at 224 px, as conv2d takes it. */
 function resnet50Convs(
   n: number,
 ): { x: number[]; w: number[]; stride: number; padding: number }[] {
-  const out = [{
-    x: [n, 3, 224, 224],
-    w: [64, 3, 7, 7],
-    stride: 2,
-    padding: 3,
-  }];
-  let c = 64;
-  let size = 56;
-  for (
-    const [width, blocks, stride] of [[64, 3, 1], [128, 4, 2], [256, 6, 2], [
-      512,
-      3,
-      2,
-    ]]
-  ) {
-    for (let b = 0; b < blocks; b++) {
-      const s = b === 0 ? stride : 1;
-      out.push({
-        x: [n, c, size, size],
-        w: [width, c, 1, 1],
-        stride: 1,
-        padding: 0,
-      });
-      out.push({
-        x: [n, width, size, size],
-        w: [width, width, 3, 3],
-        stride: s,
-        padding: 1,
-      });
-      const o = Math.floor((size + 2 - 3) / s) + 1;
-      out.push({
-        x: [n, width, o, o],
-        w: [width * 4, width, 1, 1],
-        stride: 1,
-        padding: 0,
-      });
-      if (b === 0) {
-        out.push({
-          x: [n, c, size, size],
-          w: [width * 4, c, 1, 1],
-          stride: s,
-          padding: 0,
-        });
-      }
-      c = width * 4;
-      size = o;
-    }
-  }
-  return out;
+  return resnet50Network(n).map(({ shape: { desc: d } }) => ({
+    x: [d.n, d.c, d.h, d.w],
+    w: [d.k, d.c, d.r, d.s],
+    stride: d.strideH,
+    padding: d.padH,
+  }));
 }
 
 /** Shapes where an off-by-one in the output size would show. */
@@ -267,7 +225,8 @@ Deno.test({
   ignore,
   fn() {
     const shapes = [...resnet50Convs(8), ...AWKWARD];
-    assert.equal(resnet50Convs(1).length, 53, "ResNet-50 has 53 convolutions");
+    const layers = resnet50Network(1).reduce((t, l) => t + l.count, 0);
+    assert.equal(layers, 53, "ResNet-50 has 53 convolutions");
     for (const { x, w, stride, padding } of shapes) {
       const d = convDesc(x, w, { stride, padding });
       using xd = dnn.TensorDescriptor.nchw(d.n, d.c, d.h, d.w);
