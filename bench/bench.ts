@@ -8,12 +8,14 @@
  * - mec: one full MEC training step (image pairs/s);
  * - data: JPEG decoding, the two MEC views, the worker loader (images/s).
  *
- *     deno task bench [--json] [--only conv,kernels,models,mec,data]
+ *     deno task bench [--json] [--profile] [--only conv,kernels,models,mec,data]
  *
  * Prints one line per measurement; with `--json`, one JSON object per line
  * (`{"name", "value", "unit"}`) and nothing else. Each rate is the best over
  * a few timed runs. Rates on the shared 2-core build machines vary by 15 %
- * and more between runs, so compare ratios from one run.
+ * and more between runs, so compare ratios from one run. `--profile` (or
+ * `MEC_PROFILE=1`) prints each MEC step's time and memory by op kind to
+ * stderr.
  *
  * @module
  */
@@ -465,6 +467,7 @@ async function dataSection(): Promise<void> {
 
 // The models and the MEC step run on the default device, the CPU here; the
 // conv and kernel sections call their own CpuBackend instances.
+if (Deno.args.includes("--profile")) Deno.env.set("MEC_PROFILE", "1");
 await useDevice("cpu");
 setDefaultDevice("cpu");
 if (only.includes("conv")) convSection();

@@ -8,6 +8,8 @@
 
 import type { SGD } from "../nn/optim.ts";
 import { add, mulScalar } from "../nn/ops/elementwise.ts";
+import { NonFiniteLossError } from "../nn/ops/loss.ts";
+import { envProfiler, formatProfile } from "../nn/profile.ts";
 import { scope, Tensor } from "../nn/tensor.ts";
 import { mecLoss } from "./loss.ts";
 import type { MEC } from "./model.ts";
@@ -34,9 +36,27 @@ export interface StepResult {
 /**
  * One optimisation step on a pair of views (each [m, 3, h, w]). Reads the
  * device once, after the backward pass. Throws, before touching any weight,
- * when the loss is NaN or infinite.
+ * when the loss is NaN or infinite. With `MEC_PROFILE` set, prints where the
+ * step's time and memory went to stderr (see nn/profile.ts).
  */
 export function mecStep(
+  model: MEC,
+  optimizer: SGD,
+  x1: Tensor,
+  x2: Tensor,
+  s: StepSettings,
+): StepResult {
+  const profiler = envProfiler();
+  if (profiler === null) return step(model, optimizer, x1, x2, s);
+  profiler.begin();
+  const result = step(model, optimizer, x1, x2, s);
+  console.error(
+    formatProfile(profiler.end(), `MEC step, iteration ${s.iteration}`),
+  );
+  return result;
+}
+
+function step(
   model: MEC,
   optimizer: SGD,
   x1: Tensor,
@@ -65,7 +85,11 @@ export function mecStep(
     // the optimizer and the teacher touch any weight.
     const [value, mecValue] = readScalars([loss, mec]);
     if (!Number.isFinite(value)) {
-      throw new Error(`the MEC loss is ${value} at iteration ${s.iteration}`);
+      throw new NonFiniteLossError(
+        "the MEC loss",
+        value,
+        `at iteration ${s.iteration}`,
+      );
     }
     optimizer.step();
     model.updateTeacher(s.teacherMomentum);

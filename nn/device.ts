@@ -17,6 +17,7 @@
  */
 
 import type { Backend } from "./backend.ts";
+import { envProfiler } from "./profile.ts";
 
 /** What a device plug-in module exports. */
 export interface DevicePlugin {
@@ -91,7 +92,9 @@ export async function useDevice(name: string): Promise<Backend> {
   if (pending === undefined) {
     pending = (async () => {
       try {
-        const backend = (await plugin(parsed.kind)).openBackend(parsed.name);
+        const opened = (await plugin(parsed.kind)).openBackend(parsed.name);
+        // MEC_PROFILE: every op of the device is timed and counted.
+        const backend = envProfiler()?.wrap(opened) ?? opened;
         instances.set(parsed.name, backend);
         return backend;
       } finally {
