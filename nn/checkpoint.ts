@@ -38,7 +38,7 @@ export interface SaveOptions {
   model: Module;
   optimizer?: SGD;
   /** JSON-serialisable metadata: epoch, iteration, arguments, ... */
-  metadata?: Record<string, unknown>;
+  metadata?: object;
 }
 
 function host(t: Tensor): HostTensor {

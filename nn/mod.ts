@@ -53,6 +53,7 @@ export {
   crossEntropy,
   type CrossEntropyOptions,
   type Labels,
+  NonFiniteLossError,
 } from "./ops/loss.ts";
 export {
   batchNorm,

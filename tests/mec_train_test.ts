@@ -4,6 +4,7 @@ import {
   MEC,
   mecStep,
   memoryStats,
+  NonFiniteLossError,
   randn,
   scope,
   SGD,
@@ -166,6 +167,11 @@ Deno.test("a non-finite loss stops the step with the iteration, before any weigh
   assertThrows(
     () => mecStep(model, opt, x, bad, settings(7)),
     /the MEC loss is NaN at iteration 7/,
+  );
+  // The tools tell it from other failures by its class, not its message.
+  assert.throws(
+    () => mecStep(model, opt, x, bad, settings(7)),
+    (e: unknown) => e instanceof NonFiniteLossError && Number.isNaN(e.value),
   );
   assert.deepEqual([...model.encoder.conv1.weight.toArray()], [...w]);
   model.dispose();

@@ -1,19 +1,29 @@
 /**
- * The linear probe's parts that the tool and its tests share: the head of
- * the official `main_lincls.py` and the check that the frozen backbone did
- * not change.
+ * The linear probe's network: the head of the official `main_lincls.py`,
+ * the frozen backbone it sits on (pretrained, at MEC's initialisation, or
+ * none for raw pixels) with the head registered as `fc`, the check that the
+ * backbone did not change, and top-1/top-5 on the validation split.
  *
  * @module
  */
 
 import {
+  accuracy,
   BatchNorm1d,
-  type Generator,
+  Generator,
+  Layer,
   Linear,
+  MEC,
   type Module,
   noGrad,
+  type ResNet,
+  resnets,
+  scope,
   Sequential,
+  type Tensor,
 } from "../mod.ts";
+import type { LinclsArgs } from "./lincls_args.ts";
+import type { Feeder } from "./probe_features.ts";
 
 /**
  * BatchNorm1d(features, affine=False, eps=1e-6) then Linear(features,
@@ -77,4 +87,118 @@ export function assertFrozen(
       }
     }
   }
+}
+
+/** The backbone (or none, for raw pixels) with the head registered as `fc`. */
+export class Probe {
+  constructor(
+    /** The module whose state dict is saved: ResNet with fc = head, or the head's holder. */
+    readonly net: Module,
+    readonly backbone: ResNet | null,
+    readonly head: Sequential,
+    readonly featureDim: number,
+    /** The number of classes the head predicts. */
+    readonly classes: number,
+  ) {}
+
+  /** Frozen features of a batch [n, 3, s, s] (no autograd, eval mode). */
+  features(x: Tensor): Tensor {
+    return noGrad(() =>
+      this.backbone === null ? x.flatten(1) : this.backbone.features(x)
+    );
+  }
+}
+
+/** Holds a head under the name `fc`, for the raw-pixel probe's checkpoints. */
+export class HeadOnly extends Layer {
+  constructor(readonly head: Sequential) {
+    super();
+    this.addModule("fc", head);
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.head.forward(x.flatten(1));
+  }
+}
+
+/** A ResNet's state without its head, for loading and comparing backbones. */
+export class BackboneView extends Layer {
+  constructor(readonly net: ResNet) {
+    super();
+    for (const [name, child] of net.children()) {
+      if (name !== "fc") this.addModule(name, child);
+    }
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.net.features(x);
+  }
+}
+
+/** The probe `args` ask for, with a head for `classes` classes. */
+export function buildProbe(args: LinclsArgs, classes: number): Probe {
+  const gen = new Generator(args.seed);
+  if (args.rawPixels) {
+    const featureDim = 3 * args.imageSize * args.imageSize;
+    const head = probeHead(featureDim, classes, gen);
+    return new Probe(new HeadOnly(head), null, head, featureDim, classes);
+  }
+  let backbone: ResNet;
+  if (args.randomInit) {
+    // Exactly the encoder MEC pretraining starts from with this seed.
+    const mec = new MEC({
+      arch: args.arch,
+      smallStem: args.smallStem,
+      width: args.width,
+      dim: 16,
+      predDim: 16,
+      gen,
+    });
+    backbone = mec.encoder;
+  } else {
+    backbone = resnets[args.arch]({
+      smallStem: args.smallStem,
+      width: args.width,
+      numClasses: 1,
+      gen,
+    });
+  }
+  const head = probeHead(
+    backbone.featureDim,
+    classes,
+    new Generator(args.seed, 1),
+  );
+  backbone.setHead(head);
+  return new Probe(
+    backbone,
+    backbone,
+    head,
+    backbone.featureDim,
+    classes,
+  );
+}
+
+/** Top-1 and top-5 (or top-k for fewer classes) in percent on the validation split. */
+export async function evaluate(
+  probe: Probe,
+  feeder: Feeder,
+): Promise<[number, number]> {
+  probe.head.eval();
+  let n = 0;
+  let c1 = 0;
+  let c5 = 0;
+  for await (const { x, labels } of feeder.valChunks()) {
+    const [a1, a5] = noGrad(() =>
+      scope(() =>
+        accuracy(probe.head.forward(x), labels, [1, Math.min(5, probe.classes)])
+      )
+    );
+    x.dispose();
+    // accuracy() gives percentages of the chunk; weigh them by its size.
+    c1 += a1 * labels.length / 100;
+    c5 += a5 * labels.length / 100;
+    n += labels.length;
+  }
+  probe.head.train();
+  return [100 * c1 / n, 100 * c5 / n];
 }

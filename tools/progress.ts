@@ -192,3 +192,18 @@ export function fmt(x: number, digits = 4): string {
   }
   return x.toExponential(digits - 1);
 }
+
+/**
+ * The progress line both tools print, as PyTorch's ImageNet example does:
+ * `Epoch: [e][i/n]` then the fields, two spaces apart; `i` is padded to the
+ * width of `n` so that the columns line up.
+ */
+export function progressLine(
+  epoch: number,
+  index: number,
+  count: number,
+  fields: readonly string[],
+): string {
+  const i = String(index).padStart(String(count).length);
+  return [`Epoch: [${epoch}][${i}/${count}]`, ...fields].join("  ");
+}

@@ -1,5 +1,6 @@
 /**
- * Classification: softmax cross-entropy and top-k accuracy.
+ * Classification: softmax cross-entropy and top-k accuracy, and the error a
+ * non-finite training loss raises.
  *
  * @module
  */
@@ -7,6 +8,22 @@
 import { formatShape, recordGrad, Tensor } from "../tensor.ts";
 import { mean, sum } from "./elementwise.ts";
 import { backendOf, expectRank } from "./util.ts";
+
+/**
+ * A training loss that came out NaN or infinite: the step's weights would be
+ * ruined, so training stops before the optimiser touches them. `what` names
+ * the loss ("the MEC loss"), `where` the step ("at iteration 7").
+ */
+export class NonFiniteLossError extends Error {
+  constructor(
+    readonly what: string,
+    readonly value: number,
+    readonly where: string,
+  ) {
+    super(`${what} is ${value} ${where}`);
+    this.name = "NonFiniteLossError";
+  }
+}
 
 /** Class indices: a host array, or a tensor of integral floats. */
 export type Labels = Tensor | Int32Array | readonly number[];

@@ -1,0 +1,247 @@
+/**
+ * What configures a pretraining run: the argument record, its flag table
+ * (names and meaning as in the paper's `main_pretrain.py`), the paper's
+ * recipe as defaults, and the metadata a checkpoint records to resume
+ * exactly, checked by the same rules as the command line.
+ *
+ * @module
+ */
+
+import type { ResNetName } from "../nn/resnet.ts";
+import { UsageError } from "./cli.ts";
+import { ARCHS, flag, type FlagSpec, recordedSettings } from "./flags.ts";
+
+/** Everything a run is configured by; stored in each checkpoint. */
+export interface PretrainArgs {
+  /** The ImageFolder root (its `train` sub-folder is used), or null. */
+  data: string | null;
+  dummy: boolean;
+  arch: ResNetName;
+  epochs: number;
+  startEpoch: number;
+  batchSize: number;
+  lr: number;
+  momentum: number;
+  wd: number;
+  dim: number;
+  predDim: number;
+  eps: number;
+  teacherMomentum: number;
+  order: number;
+  warmupEpochs: number;
+  seed: number;
+  workers: number;
+  printFreq: number;
+  resume: string | null;
+  /** Replace the run already in `out` (never stored as true in a checkpoint). */
+  overwrite: boolean;
+  out: string;
+  device: string;
+  tf32: boolean;
+  deterministic: boolean;
+  imageSize: number;
+  smallStem: boolean;
+  width: number;
+  maxIters: number | null;
+}
+
+/** The flag table: names and meaning as in `main_pretrain.py`. */
+export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
+  flag("arch", `backbone: ${ARCHS.join(", ")} (default resnet50)`),
+  flag("epochs", "number of epochs (default 100)"),
+  flag("start-epoch", "epoch to start at, for the schedules (default 0)"),
+  flag("batch-size", "total batch size m (default 1024)"),
+  flag("lr", "base learning rate, scaled by batch/256 (default 0.5)"),
+  flag("momentum", "SGD momentum, below 1 (default 0.9)"),
+  flag("wd", "weight decay (default 1e-5)"),
+  {
+    name: "dim",
+    kind: "int",
+    min: 1,
+    help: "projector output dimension d (default 2048)",
+  },
+  {
+    name: "pred-dim",
+    kind: "int",
+    min: 1,
+    help: "predictor hidden dimension (default 512)",
+  },
+  {
+    name: "eps",
+    kind: "number",
+    min: 0,
+    exclusiveMin: true,
+    meta: "E",
+    help: "squared error bound epsilon^2 (default 64)",
+  },
+  {
+    name: "teacher-momentum",
+    kind: "number",
+    min: 0,
+    max: 1,
+    meta: "M",
+    help: "teacher EMA momentum at the start, cosine to 1 (default 0.996)",
+  },
+  {
+    name: "order",
+    kind: "int",
+    min: 1,
+    help: "terms of the Taylor series of log det (default 4)",
+  },
+  {
+    name: "warmup-epochs",
+    kind: "int",
+    min: 0,
+    help: "epochs of lr and lambda warm-up (default 10)",
+  },
+  flag("seed"),
+  flag("workers"),
+  flag("print-freq"),
+  flag("resume", "continue from this checkpoint (its flags are the defaults)"),
+  flag("out", "folder for checkpoints and log.jsonl (default runs/pretrain)"),
+  flag("overwrite", "replace the run already in the --out folder"),
+  flag("device"),
+  flag("tf32"),
+  flag("deterministic"),
+  flag("image-size", "side of the augmented views in pixels (default 224)"),
+  flag(
+    "small-stem",
+    "3x3 stride-1 first conv and no max-pool, for small images",
+  ),
+  flag("width", "base width of the ResNet (default 64)"),
+  {
+    name: "dummy",
+    kind: "bool",
+    help: "random images instead of data, for timing",
+  },
+  {
+    name: "max-iters",
+    kind: "int",
+    min: 1,
+    help: "stop after N iterations, without a checkpoint (for timing)",
+  },
+  flag("help"),
+];
+
+/** The flags' defaults: everything but what each run gives or derives. */
+export type PretrainDefaults = Omit<
+  PretrainArgs,
+  "data" | "resume" | "maxIters" | "overwrite"
+>;
+
+/** The paper's recipe (DESIGN.md section 1). */
+export const PAPER: PretrainDefaults = {
+  dummy: false,
+  arch: "resnet50",
+  epochs: 100,
+  startEpoch: 0,
+  batchSize: 1024,
+  lr: 0.5,
+  momentum: 0.9,
+  wd: 1e-5,
+  dim: 2048,
+  predDim: 512,
+  eps: 64,
+  teacherMomentum: 0.996,
+  order: 4,
+  warmupEpochs: 10,
+  seed: 0,
+  workers: 2,
+  printFreq: 10,
+  out: "runs/pretrain",
+  device: "cpu",
+  tf32: false,
+  deterministic: false,
+  imageSize: 224,
+  smallStem: false,
+  width: 64,
+};
+
+export const USAGE = "deno task pretrain [DATA_DIR] [flags]";
+export const DESCRIPTION =
+  `MEC pretraining of a ResNet on DATA_DIR/train (an ImageFolder tree), with
+the paper's recipe as defaults. Without DATA_DIR (and without --dummy) it runs
+a demo on the built-in Fashion-MNIST, sized to take about ten minutes on two
+CPU cores. A checkpoint is written at every epoch end
+(DIR/checkpoint_0000.safetensors, ...); Ctrl-C finishes the current step,
+saves and exits.`;
+
+/** The resumable position and flags recorded in a checkpoint's metadata. */
+export interface PretrainMetadata {
+  kind: "mec-pretrain";
+  epoch: number;
+  batch: number;
+  iteration: number;
+  itersPerEpoch: number;
+  args: PretrainArgs;
+}
+
+/**
+ * A resume checkpoint's metadata, checked: its kind, its flags by the rules
+ * of the flag table, and a position that exists in its run. Throws one
+ * sentence naming the checkpoint.
+ */
+export function checkPretrainMetadata(
+  m: Record<string, unknown>,
+  path: string,
+): PretrainMetadata {
+  if (m.kind !== "mec-pretrain") {
+    throw new Error(
+      `The checkpoint ${path} was not written by deno task pretrain, so it cannot be resumed.`,
+    );
+  }
+  const args = recordedSettings<PretrainArgs>(
+    m.args,
+    PRETRAIN_FLAGS,
+    path,
+    ["resume", "maxIters"],
+  );
+  const data = (m.args as Record<string, unknown>).data;
+  if (data !== undefined && data !== null && typeof data !== "string") {
+    throw new Error(
+      `The checkpoint ${path} records a data folder that is not a path.`,
+    );
+  }
+  args.data = (data ?? null) as string | null;
+  args.overwrite = false;
+  const whole = (v: unknown): v is number =>
+    typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+  const { epoch, batch, iteration, itersPerEpoch } = m;
+  const epochs = args.epochs ?? PAPER.epochs;
+  if (
+    !whole(itersPerEpoch) || itersPerEpoch < 1 || !whole(epoch) ||
+    epoch > epochs || !whole(batch) || batch >= itersPerEpoch ||
+    (epoch === epochs && batch > 0) ||
+    iteration !== epoch * itersPerEpoch + batch
+  ) {
+    throw new Error(
+      `The checkpoint ${path} records an impossible position: epoch ${
+        JSON.stringify(epoch)
+      }, batch ${JSON.stringify(batch)}, iteration ${
+        JSON.stringify(iteration)
+      } of ${JSON.stringify(itersPerEpoch)} per epoch and ${epochs} epochs.`,
+    );
+  }
+  return {
+    kind: "mec-pretrain",
+    epoch,
+    batch,
+    iteration,
+    itersPerEpoch,
+    args: args as PretrainArgs,
+  };
+}
+
+/** Checks of the flags against each other, given or recorded alike. */
+export function checkCombination(args: PretrainArgs): void {
+  if (args.warmupEpochs > args.epochs) {
+    throw new UsageError(
+      `--warmup-epochs (${args.warmupEpochs}) cannot exceed --epochs (${args.epochs}).`,
+    );
+  }
+  if (args.startEpoch >= args.epochs) {
+    throw new UsageError(
+      `--start-epoch (${args.startEpoch}) must be below --epochs (${args.epochs}), or there is nothing to train.`,
+    );
+  }
+}

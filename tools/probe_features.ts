@@ -1,0 +1,224 @@
+/**
+ * What the probe's head trains on, two ways with the same mathematics when
+ * the training transform is deterministic: augmented views through the
+ * frozen backbone at every step (the official way), or features extracted
+ * once with the evaluation transform and reshuffled every epoch
+ * (`--cache-features`). Both give the validation features in chunks too.
+ *
+ * @module
+ */
+
+import {
+  DataLoader,
+  type Dataset,
+  Generator,
+  scope,
+  type Tensor,
+  tensor,
+} from "../mod.ts";
+import type { LinclsArgs } from "./lincls_args.ts";
+import type { Probe } from "./probe.ts";
+import { probeEvalViewFor, probeTrainViewFor } from "./views.ts";
+
+/** Training batches (features on the device) and evaluation features. */
+export interface Feeder {
+  trainBatches(): number;
+  trainEpoch(epoch: number): AsyncGenerator<{ x: Tensor; labels: Int32Array }>;
+  /** Validation features in chunks, with labels. */
+  valChunks(): AsyncGenerator<{ x: Tensor; labels: Int32Array }>;
+  close(): Promise<void>;
+}
+
+/** Rows of features per backbone pass: bounds memory, not the math. */
+export const CHUNK = 256;
+
+/** Features of every batch of a loader's epoch, chunk by chunk. */
+async function* featureBatches(
+  probe: Probe,
+  loader: DataLoader,
+  epoch: number,
+): AsyncGenerator<{ features: Float32Array; labels: Int32Array }> {
+  for await (const batch of loader.epoch(epoch)) {
+    const [, c, h, w] = batch.shapes[0];
+    const n = batch.labels.length;
+    const features = new Float32Array(n * probe.featureDim);
+    for (let start = 0; start < n; start += CHUNK) {
+      const rows = Math.min(CHUNK, n - start);
+      const values = batch.views[0].subarray(
+        start * c * h * w,
+        (start + rows) * c * h * w,
+      );
+      scope(() => {
+        const f = probe.features(tensor(values, [rows, c, h, w]));
+        features.set(f.toArray(), start * probe.featureDim);
+      });
+    }
+    loader.recycle(batch);
+    yield { features, labels: batch.labels };
+  }
+}
+
+/** The official way: augmented views through the frozen backbone every step. */
+export class AugmentedFeatures implements Feeder {
+  #train: DataLoader;
+  #val: DataLoader;
+
+  constructor(
+    readonly probe: Probe,
+    train: Dataset,
+    val: Dataset,
+    readonly args: LinclsArgs,
+  ) {
+    this.#train = new DataLoader({
+      dataset: train,
+      views: [probeTrainViewFor(args.imageSize)],
+      batchSize: Math.min(args.batchSize, train.length),
+      seed: args.seed,
+      workers: args.workers,
+      dropLast: false,
+    });
+    this.#val = new DataLoader({
+      dataset: val,
+      views: [probeEvalViewFor(args.imageSize)],
+      batchSize: CHUNK,
+      seed: args.seed,
+      workers: args.workers,
+      shuffle: false,
+      dropLast: false,
+    });
+  }
+
+  trainBatches(): number {
+    return this.#train.length;
+  }
+
+  async *trainEpoch(epoch: number) {
+    for await (const b of featureBatches(this.probe, this.#train, epoch)) {
+      // BatchNorm in training mode needs two samples or more.
+      if (b.labels.length < 2) continue;
+      yield {
+        x: tensor(b.features, [b.labels.length, this.probe.featureDim]),
+        labels: b.labels,
+      };
+    }
+  }
+
+  async *valChunks() {
+    for await (const b of featureBatches(this.probe, this.#val, 0)) {
+      yield {
+        x: tensor(b.features, [b.labels.length, this.probe.featureDim]),
+        labels: b.labels,
+      };
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#train.close();
+    await this.#val.close();
+  }
+}
+
+/** Features extracted once with the evaluation transform, batches reshuffled per epoch. */
+export class CachedFeatures implements Feeder {
+  private constructor(
+    readonly dim: number,
+    readonly batchSize: number,
+    readonly seed: number,
+    readonly train: { features: Float32Array; labels: Int32Array },
+    readonly val: { features: Float32Array; labels: Int32Array },
+  ) {}
+
+  static async extract(
+    probe: Probe,
+    train: Dataset,
+    val: Dataset,
+    args: LinclsArgs,
+  ): Promise<CachedFeatures> {
+    const view = probeEvalViewFor(args.imageSize);
+    const all = async (dataset: Dataset, name: string) => {
+      await using loader = new DataLoader({
+        dataset,
+        views: [view],
+        batchSize: CHUNK,
+        seed: args.seed,
+        workers: args.workers,
+        shuffle: false,
+        dropLast: false,
+      });
+      const features = new Float32Array(dataset.length * probe.featureDim);
+      const labels = new Int32Array(dataset.length);
+      const t0 = performance.now();
+      let done = 0;
+      let batches = 0;
+      for await (const b of featureBatches(probe, loader, 0)) {
+        features.set(b.features, done * probe.featureDim);
+        labels.set(b.labels, done);
+        done += b.labels.length;
+        if (++batches % 20 === 0 || done === dataset.length) {
+          const seconds = (performance.now() - t0) / 1000;
+          console.log(
+            `Features of ${name}: ${done}/${dataset.length} images (${
+              (done / seconds).toFixed(1)
+            } img/s)`,
+          );
+        }
+      }
+      return { features, labels };
+    };
+    return new CachedFeatures(
+      probe.featureDim,
+      args.batchSize,
+      args.seed,
+      await all(train, "train"),
+      await all(val, "val"),
+    );
+  }
+
+  trainBatches(): number {
+    return Math.ceil(this.train.labels.length / this.batchSize);
+  }
+
+  async *trainEpoch(epoch: number) {
+    const n = this.train.labels.length;
+    // The loader's convention: epoch e's order from Generator(seed, e, -1).
+    const order = new Generator(this.seed, epoch, -1).permutation(n);
+    for (let start = 0; start < n; start += this.batchSize) {
+      const rows = Math.min(this.batchSize, n - start);
+      // BatchNorm in training mode needs two samples or more.
+      if (rows < 2) continue;
+      const x = new Float32Array(rows * this.dim);
+      const labels = new Int32Array(rows);
+      for (let r = 0; r < rows; r++) {
+        const i = order[start + r];
+        x.set(
+          this.train.features.subarray(i * this.dim, (i + 1) * this.dim),
+          r * this.dim,
+        );
+        labels[r] = this.train.labels[i];
+      }
+      yield { x: tensor(x, [rows, this.dim]), labels };
+    }
+  }
+
+  async *valChunks() {
+    const n = this.val.labels.length;
+    for (let start = 0; start < n; start += CHUNK) {
+      const rows = Math.min(CHUNK, n - start);
+      yield {
+        x: tensor(
+          this.val.features.subarray(
+            start * this.dim,
+            (start + rows) * this.dim,
+          )
+            .slice(),
+          [rows, this.dim],
+        ),
+        labels: this.val.labels.subarray(start, start + rows),
+      };
+    }
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

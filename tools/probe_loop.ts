@@ -1,0 +1,110 @@
+/**
+ * The linear probe's epochs, as `main_lincls.py` runs them: a half-cosine
+ * learning rate per epoch, the head trained on the feeder's batches, the
+ * frozen backbone checked after every epoch, top-1/top-5 on the validation
+ * split, and `probe_last` (and `probe_best`) saved with the position.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import {
+  type Backend,
+  crossEntropy,
+  NonFiniteLossError,
+  saveCheckpoint,
+  scope,
+  type SGD,
+} from "../mod.ts";
+import type { LinclsArgs, ProbeMetadata } from "./lincls_args.ts";
+import { assertFrozen, evaluate, type Probe } from "./probe.ts";
+import type { Feeder } from "./probe_features.ts";
+import { fmt, type JsonLog, progressLine } from "./progress.ts";
+
+/** What the probe's loop runs on, and where it starts. */
+export interface ProbeRun {
+  args: LinclsArgs;
+  backend: Backend;
+  probe: Probe;
+  optimizer: SGD;
+  feeder: Feeder;
+  /** The backbone's tensors before probing, to check them against. */
+  frozen: ReadonlyMap<string, Float32Array>;
+  log: JsonLog;
+  startEpoch: number;
+  /** The best top-1 so far (a resumed probe's, or 0). */
+  bestAcc1: number;
+}
+
+/** Trains the head from `startEpoch` to `args.epochs`; returns the best top-1. */
+export async function trainProbe(run: ProbeRun): Promise<number> {
+  const { args, backend, probe, optimizer, feeder, frozen, log } = run;
+  const initLr = args.lr * args.batchSize / 256;
+  const k5 = Math.min(5, probe.classes);
+  let bestAcc1 = run.bestAcc1;
+  for (let epoch = run.startEpoch; epoch < args.epochs; epoch++) {
+    // main_lincls.py's adjust_learning_rate: a half-cosine over the epochs.
+    optimizer.lr = initLr * 0.5 * (1 + Math.cos(Math.PI * epoch / args.epochs));
+    probe.head.train();
+    const t0 = performance.now();
+    let seen = 0;
+    let iteration = 0;
+    const count = feeder.trainBatches();
+    for await (const { x, labels } of feeder.trainEpoch(epoch)) {
+      const loss = scope(() => {
+        optimizer.zeroGrad();
+        const l = crossEntropy(probe.head.forward(x), labels);
+        l.backward();
+        optimizer.step();
+        return l.item();
+      });
+      x.dispose();
+      optimizer.zeroGrad();
+      seen += labels.length;
+      if (!Number.isFinite(loss)) {
+        throw new NonFiniteLossError(
+          "the probe's loss",
+          loss,
+          `at epoch ${epoch}, iteration ${iteration}`,
+        );
+      }
+      if (iteration % args.printFreq === 0) {
+        backend.synchronize();
+        const seconds = (performance.now() - t0) / 1000;
+        console.log(progressLine(epoch, iteration, count, [
+          `Loss ${fmt(loss)}`,
+          `lr ${fmt(optimizer.lr)}`,
+          `${(seen / seconds).toFixed(1)} img/s`,
+        ]));
+      }
+      log.write({ event: "step", epoch, iteration, loss, lr: optimizer.lr });
+      iteration++;
+    }
+    assertFrozen(frozen, probe.net);
+    const [acc1, acc5] = await evaluate(probe, feeder);
+    const isBest = acc1 > bestAcc1;
+    bestAcc1 = Math.max(acc1, bestAcc1);
+    console.log(
+      ` * Epoch ${epoch}: Acc@1 ${acc1.toFixed(3)} Acc@${k5} ${
+        acc5.toFixed(3)
+      } (best Acc@1 ${bestAcc1.toFixed(3)})`,
+    );
+    log.write({ event: "eval", epoch, acc1, [`acc${k5}`]: acc5, bestAcc1 });
+    const metadata: ProbeMetadata = {
+      kind: "mec-lincls",
+      epoch: epoch + 1,
+      bestAcc1,
+      args: { ...args, resume: null, evaluate: false, overwrite: false },
+    };
+    const save = (name: string) =>
+      saveCheckpoint(join(args.out, name), {
+        model: probe.net,
+        optimizer,
+        metadata,
+      });
+    await save("probe_last.safetensors");
+    if (isBest) await save("probe_best.safetensors");
+  }
+  assertFrozen(frozen, probe.net);
+  return bestAcc1;
+}
