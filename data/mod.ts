@@ -96,4 +96,5 @@ export {
   fashionMnist,
   type FashionMnistOptions,
 } from "./fashion-mnist.ts";
+export { type HeldOut, holdOut, Subset } from "./splits.ts";
 export { DummyDataset, type DummyDatasetOptions } from "./dummy.ts";

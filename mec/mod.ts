@@ -1,10 +1,17 @@
 /**
- * The MEC method: the loss, the model with its EMA teacher, the schedules and
- * one training step.
+ * The MEC method: the loss, the model with its EMA teacher, the schedules,
+ * one training step, and the weighted kNN monitor of its embeddings.
  *
  * @module
  */
 
+export {
+  KNN_DEFAULTS,
+  knnAccuracy,
+  type KnnOptions,
+  knnPredict,
+  knnVote,
+} from "./knn.ts";
 export { logDetLoss, mecLoss, type MecLossOptions } from "./loss.ts";
 export { MEC, type MecModelOptions, type MecOutputs } from "./model.ts";
 export {
