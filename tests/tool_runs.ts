@@ -24,3 +24,17 @@ export const PERMISSIONS: readonly string[] = [
   "--allow-env",
   "--allow-sys=systemMemoryInfo",
 ];
+
+/**
+ * `<root>/{train,val}/{a,b}/img<i>.jpg`: the {@link JPEGS}, alternating
+ * between the two classes, in both splits.
+ */
+export async function makeImageFolders(root: string): Promise<void> {
+  for (const split of ["train", "val"]) {
+    for (const [i, file] of JPEGS.entries()) {
+      const dir = `${root}/${split}/${i % 2 === 0 ? "a" : "b"}`;
+      await Deno.mkdir(dir, { recursive: true });
+      await Deno.copyFile(`${FIXTURES}${file}`, `${dir}/img${i}.jpg`);
+    }
+  }
+}
