@@ -11,8 +11,11 @@ import {
   eventFileName,
   FILE_VERSION,
   maskedCrc32c,
+  PRETRAIN_SCALARS,
+  PROBE_SCALARS,
   tfRecord,
 } from "../tools/tensorboard.ts";
+import { JsonLog } from "../tools/progress.ts";
 import { assert, assertThrows } from "./assert.ts";
 
 /** CRC32C one bit at a time: Castagnoli's polynomial, reflected. */
@@ -282,6 +285,88 @@ Deno.test("each process start gets its own event file, named as TensorFlow names
     assert.equal(steps[0].fileVersion, FILE_VERSION);
     assert.deepEqual(steps.at(-1)?.values, [["train/loss", 2]]);
     assert.equal(eventFileName(12.7, "x"), "events.out.tfevents.0000000012.x");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the JSON-lines log sends pretraining's and the probe's scalars to an event file beside it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "mec_tb_" });
+  try {
+    const log = await JsonLog.open(dir, {
+      tensorboard: { scalars: PRETRAIN_SCALARS, startStep: 6 },
+    });
+    log.write({ event: "start", args: { lr: 0.5 } });
+    log.write({
+      event: "step",
+      epoch: 1,
+      batch: 2,
+      iteration: 6,
+      loss: -40,
+      mec: 5,
+      lr: 0.25,
+      lamdaInv: 16,
+      teacherMomentum: 0.998,
+      time: 0.5,
+      data: 0.125,
+      imagesPerSecond: 2048,
+    });
+    log.write({ event: "knn", epoch: 1, iteration: 7, acc1: 62.5 });
+    log.write({ event: "checkpoint", path: "c", epoch: 2, batch: 0 });
+    const path = log.eventFile!;
+    log.close();
+    assert.match(path, /\/events\.out\.tfevents\.\d{10}\.[^/]+$/);
+    const events = readRecords(await Deno.readFile(path)).map(decodeEvent);
+    assert.deepEqual(events.map(({ wallTime: _, ...e }) => e), [
+      { step: 0, fileVersion: FILE_VERSION },
+      { step: 6, sessionStatus: 1 },
+      {
+        step: 6,
+        values: [
+          ["train/loss", -40],
+          ["train/mec", 5],
+          ["train/lr", 0.25],
+          ["train/lambda_inv", 16],
+          ["train/teacher_momentum", Math.fround(0.998)],
+          ["train/images_per_s", 2048],
+          ["train/data_wait", 0.25],
+        ],
+      },
+      { step: 7, values: [["knn/top1", 62.5]] },
+    ]);
+    // The log itself is unchanged by it: four whole records.
+    const lines = (await Deno.readTextFile(join(dir, "log.jsonl"))).split("\n");
+    assert.equal(lines.length, 5);
+    assert.deepEqual(
+      PROBE_SCALARS({
+        event: "eval",
+        epoch: 2,
+        loss: 0.75,
+        lr: 0.5,
+        acc1: 50,
+        acc2: 100,
+        bestAcc1: 62.5,
+      }),
+      {
+        step: 3,
+        values: {
+          "probe/loss": 0.75,
+          "probe/lr": 0.5,
+          "probe/top1": 50,
+          "probe/top2": 100,
+        },
+      },
+    );
+    assert.equal(PROBE_SCALARS({ event: "step", epoch: 0, loss: 1 }), null);
+    // Without the option there is no event file.
+    const plain = await JsonLog.open(join(dir, "plain"));
+    plain.write({ event: "step", iteration: 0, loss: 1 });
+    assert.equal(plain.eventFile, null);
+    plain.close();
+    assert.deepEqual(
+      [...Deno.readDirSync(join(dir, "plain"))].map((e) => e.name),
+      ["log.jsonl"],
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -48,6 +48,8 @@ export async function trainProbe(run: ProbeRun): Promise<number> {
     probe.head.train();
     const t0 = performance.now();
     let seen = 0;
+    // The epoch's mean training loss, weighted by batch size, for the log.
+    let lossSum = 0;
     let iteration = 0;
     const count = feeder.trainBatches();
     for await (const { x, labels } of feeder.trainEpoch(epoch)) {
@@ -68,6 +70,7 @@ export async function trainProbe(run: ProbeRun): Promise<number> {
           `at epoch ${epoch}, iteration ${iteration}`,
         );
       }
+      lossSum += loss * labels.length;
       if (iteration % args.printFreq === 0) {
         backend.synchronize();
         const seconds = (performance.now() - t0) / 1000;
@@ -89,7 +92,15 @@ export async function trainProbe(run: ProbeRun): Promise<number> {
         acc5.toFixed(3)
       } (best Acc@1 ${bestAcc1.toFixed(3)})`,
     );
-    log.write({ event: "eval", epoch, acc1, [`acc${k5}`]: acc5, bestAcc1 });
+    log.write({
+      event: "eval",
+      epoch,
+      loss: lossSum / seen,
+      lr: optimizer.lr,
+      acc1,
+      [`acc${k5}`]: acc5,
+      bestAcc1,
+    });
     const metadata: ProbeMetadata = {
       kind: "mec-lincls",
       epoch: epoch + 1,

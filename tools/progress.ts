@@ -2,12 +2,14 @@
  * Progress for the tools, shared so that no tool copies another's meters:
  * running averages (PyTorch's ImageNet example's AverageMeter), a timer that
  * splits each step into data wait and compute, the human-readable progress
- * line, and the JSON-lines log.
+ * line, and the JSON-lines log (with its scalars in a TensorBoard event
+ * file beside it).
  *
  * @module
  */
 
 import { join } from "node:path";
+import { EventFile, type ScalarsOf } from "./tensorboard.ts";
 
 /** Current value, sum, count and average of a quantity. */
 export class AverageMeter {
@@ -77,12 +79,25 @@ export class StepTimer {
   }
 }
 
+/** Options of {@link JsonLog.open}. */
+export interface JsonLogOptions {
+  /** The log's file name (default `log.jsonl`). */
+  name?: string;
+  /**
+   * Also write each record's scalars (as `scalars` picks them) to a new
+   * TensorBoard event file in the folder; `startStep` is the step this
+   * process starts at (see EventFile in tensorboard.ts).
+   */
+  tensorboard?: { scalars: ScalarsOf; startStep: number } | null;
+}
+
 /**
  * One JSON object per line, appended to `<dir>/<name>`. The file only ever
  * holds whole records: each is written with one write call, and a write
  * that fails or stops short (a full disk) is cut back to the last whole
  * record before the error, which names the file, is thrown. A half record
  * left by a process killed mid-write is cut off when the log is reopened.
+ * With `tensorboard`, the records' scalars also go to an event file.
  */
 export class JsonLog {
   readonly path: string;
@@ -90,28 +105,59 @@ export class JsonLog {
   #encoder = new TextEncoder();
   /** Bytes of whole records in the file. */
   #length: number;
+  #events: { file: EventFile; scalars: ScalarsOf } | null;
 
-  private constructor(path: string, file: Deno.FsFile, length: number) {
+  private constructor(
+    path: string,
+    file: Deno.FsFile,
+    length: number,
+    events: { file: EventFile; scalars: ScalarsOf } | null,
+  ) {
     this.path = path;
     this.#file = file;
     this.#length = length;
+    this.#events = events;
+  }
+
+  /** The TensorBoard event file's path, or null when there is none. */
+  get eventFile(): string | null {
+    return this.#events?.file.path ?? null;
   }
 
   /** Opens (creating the folder, appending to an existing log). */
-  static async open(dir: string, name = "log.jsonl"): Promise<JsonLog> {
+  static async open(
+    dir: string,
+    options: JsonLogOptions = {},
+  ): Promise<JsonLog> {
     await Deno.mkdir(dir, { recursive: true });
-    const path = join(dir, name);
+    const path = join(dir, options.name ?? "log.jsonl");
+    let file: Deno.FsFile;
+    let length: number;
     try {
-      const file = await Deno.open(path, {
+      file = await Deno.open(path, {
         create: true,
         append: true,
         read: true,
       });
-      return new JsonLog(path, file, await wholeRecords(file));
+      length = await wholeRecords(file);
     } catch (e) {
       throw new Error(`cannot open the log ${path}: ${errorText(e)}`, {
         cause: e,
       });
+    }
+    const tb = options.tensorboard;
+    if (tb === undefined || tb === null) {
+      return new JsonLog(path, file, length, null);
+    }
+    try {
+      const events = await EventFile.open(dir, { startStep: tb.startStep });
+      return new JsonLog(path, file, length, {
+        file: events,
+        scalars: tb.scalars,
+      });
+    } catch (e) {
+      file.close();
+      throw e;
     }
   }
 
@@ -138,10 +184,17 @@ export class JsonLog {
       });
     }
     this.#length += bytes.length;
+    if (this.#events !== null) {
+      const scalars = this.#events.scalars(record);
+      if (scalars !== null) {
+        this.#events.file.scalars(scalars.step, scalars.values);
+      }
+    }
   }
 
   close(): void {
     this.#file.close();
+    this.#events?.file.close();
   }
 
   [Symbol.dispose](): void {

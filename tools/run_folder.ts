@@ -1,11 +1,11 @@
 /**
- * A tool's `--out` folder: one run's checkpoints and log. A second run
- * given the folder of another would replace its checkpoints and append to
- * its log, mixing two runs, so a folder that already holds a run is refused
- * unless the run continues it (`--resume`) or replaces it (`--overwrite`,
- * which removes only the files this tool writes). Temporary files that an
- * interrupted checkpoint write left are removed first, where they are
- * provably this tool's and stale.
+ * A tool's `--out` folder: one run's checkpoints, log and TensorBoard event
+ * files. A second run given the folder of another would replace its
+ * checkpoints and append to its log, mixing two runs, so a folder that
+ * already holds a run is refused unless the run continues it (`--resume`)
+ * or replaces it (`--overwrite`, which removes only the files this tool
+ * writes). Temporary files that an interrupted checkpoint write left are
+ * removed first, where they are provably this tool's and stale.
  *
  * @module
  */
@@ -13,6 +13,7 @@
 import { join } from "node:path";
 import { removeStaleTemporaries } from "../nn/safetensors.ts";
 import { UsageError } from "./cli.ts";
+import { isEventFile } from "./tensorboard.ts";
 
 /** The files a tool writes into its run folder. */
 export interface RunFiles {
@@ -78,8 +79,9 @@ export async function inspectRunFolder(
   const checkpoints: { name: string; mtime: number }[] = [];
   try {
     for await (const entry of Deno.readDir(dir)) {
-      if (entry.name === files.log) own.push(entry.name);
-      else if (files.isCheckpoint(entry.name)) {
+      if (entry.name === files.log || isEventFile(entry.name)) {
+        own.push(entry.name);
+      } else if (files.isCheckpoint(entry.name)) {
         own.push(entry.name);
         const info = await Deno.lstat(join(dir, entry.name));
         checkpoints.push({
@@ -103,7 +105,7 @@ export async function inspectRunFolder(
         }`,
       ]
       : []),
-  ].join(" and ");
+  ].join(" and ") || "TensorBoard event files";
   throw new UsageError(
     `The folder ${dir} already holds a run (${what}); continue it with ${
       files.resumeHint(checkpoints)

@@ -111,9 +111,9 @@ export function eventFileName(seconds: number, host: string): string {
   }.${host}`;
 }
 
-/** Whether a file name is an event file's (as TensorBoard tells them). */
+/** Whether a file name is an event file's, as {@link eventFileName} names them. */
 export function isEventFile(name: string): boolean {
-  return name.includes("tfevents");
+  return name.startsWith("events.out.tfevents.");
 }
 
 /** Options of {@link EventFile.open}. */
@@ -226,6 +226,68 @@ export class EventFile {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** A log record's scalars for TensorBoard and their step, or null for none. */
+export type ScalarsOf = (
+  record: Record<string, unknown>,
+) => { step: number; values: Record<string, number> } | null;
+
+/**
+ * Pretraining's scalars, step = iteration: each step's loss, MEC, the
+ * schedules (lr, λ⁻¹, teacher momentum), images/s and the share of the
+ * step spent waiting for data; the kNN monitor's top-1 where it runs.
+ */
+export const PRETRAIN_SCALARS: ScalarsOf = (r) => {
+  const step = r.iteration;
+  if (typeof step !== "number") return null;
+  if (r.event === "step") {
+    return {
+      step,
+      values: numbers({
+        "train/loss": r.loss,
+        "train/mec": r.mec,
+        "train/lr": r.lr,
+        "train/lambda_inv": r.lambdaInv ?? r.lamdaInv,
+        "train/teacher_momentum": r.teacherMomentum,
+        "train/images_per_s": r.imagesPerSecond,
+        "train/data_wait": typeof r.data === "number" &&
+            typeof r.time === "number" && r.time > 0
+          ? r.data / r.time
+          : undefined,
+      }),
+    };
+  }
+  if (r.event === "knn") {
+    return { step, values: numbers({ "knn/top1": r.top1 ?? r.acc1 }) };
+  }
+  return null;
+};
+
+/**
+ * The probe's scalars, once per epoch at step = epochs done: the epoch's
+ * mean training loss, its lr, and top-1 and top-k on the validation split
+ * (k = 5, or the number of classes where fewer).
+ */
+export const PROBE_SCALARS: ScalarsOf = (r) => {
+  if (r.event !== "eval" || typeof r.epoch !== "number") return null;
+  const values: Record<string, unknown> = {
+    "probe/loss": r.loss,
+    "probe/lr": r.lr,
+    "probe/top1": r.acc1,
+  };
+  for (const [key, value] of Object.entries(r)) {
+    const k = /^acc(\d+)$/.exec(key)?.[1];
+    if (k !== undefined && k !== "1") values[`probe/top${k}`] = value;
+  }
+  return { step: r.epoch + 1, values: numbers(values) };
+};
+
+/** The entries whose values are numbers. */
+function numbers(values: Record<string, unknown>): Record<string, number> {
+  return Object.fromEntries(
+    Object.entries(values).filter(([, v]) => typeof v === "number"),
+  ) as Record<string, number>;
 }
 
 function errorText(e: unknown): string {
