@@ -4,13 +4,17 @@
  * Gradients flow in reverse topological order. A gradient that two consumers
  * receive is shared by storage, so accumulation writes in place only when the
  * storage has a single owner (copy on write); leaf gradients are owned by
- * their leaf and outlive any scope.
+ * their leaf and outlive any scope. Each op's saved views are disposed as
+ * soon as its backward has run, so the memory of the activations falls as
+ * the backward pass goes; a second backward through the same graph fails
+ * with a message saying so, as PyTorch's does without `retain_graph`.
  *
  * @module
  */
 
 import {
   formatShape,
+  type GradFn,
   keep,
   noGrad,
   setBackwardEngine,
@@ -121,7 +125,8 @@ function runBackward(root: Tensor, seed?: Tensor): void {
       }
       let inputGrads: (Tensor | null)[];
       try {
-        inputGrads = fn.backward(g);
+        checkSaved(fn);
+        inputGrads = fn.backward(g, fn.saved);
       } catch (e) {
         throw new Error(`${fn.name} backward: ${(e as Error).message}`, {
           cause: e,
@@ -129,6 +134,7 @@ function runBackward(root: Tensor, seed?: Tensor): void {
       } finally {
         g.dispose();
       }
+      for (const s of fn.saved) s.dispose();
       fn.inputs.forEach((input, i) => {
         const gi = inputGrads[i];
         if (!gi) return;
@@ -149,6 +155,26 @@ function runBackward(root: Tensor, seed?: Tensor): void {
       });
     }
     for (const g of grads.values()) g.dispose();
+  });
+}
+
+/** Throws when a saved view was freed or its storage written since. */
+function checkSaved(fn: GradFn): void {
+  fn.saved.forEach((s, i) => {
+    if (s.isDisposed) {
+      throw new Error(
+        "the tensors it saved were already freed, by an earlier backward() " +
+          "through this graph or at the end of the scope() that made them",
+      );
+    }
+    if (s.version !== fn.savedVersions[i]) {
+      throw new Error(
+        `a tensor of shape ${
+          formatShape(s.shape)
+        } that it saved was modified by an in-place operation ` +
+          `(version ${s.version}, saved at version ${fn.savedVersions[i]})`,
+      );
+    }
   });
 }
 

@@ -15,7 +15,7 @@ import { batchNorm } from "./ops/normalization.ts";
 import { globalAvgPool2d, maxPool2d } from "./ops/pool.ts";
 import { expectRank, pair } from "./ops/util.ts";
 import type { Generator } from "./random.ts";
-import { noGrad, type Tensor } from "./tensor.ts";
+import { forwardScope, noGrad, type Tensor } from "./tensor.ts";
 
 /** Options of layers that draw initial weights. */
 export interface InitOptions {
@@ -282,9 +282,19 @@ export class Sequential extends Layer {
     layers.forEach((m, i) => this.addModule(String(i), m));
   }
 
+  /**
+   * Each layer's output is disposed once the next layer has used it; what
+   * the graph saved of it stays for the backward pass.
+   */
   forward(x: Tensor): Tensor {
-    let h = x;
-    for (const m of this.layers) h = m.forward(h);
-    return h;
+    return forwardScope(() => {
+      let h = x;
+      for (const m of this.layers) {
+        const next = m.forward(h);
+        if (h !== x && next !== h) h.dispose();
+        h = next;
+      }
+      return h;
+    });
   }
 }

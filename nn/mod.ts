@@ -8,6 +8,15 @@ import "./autograd.ts";
 
 export type * from "./backend.ts";
 export {
+  envProfiler,
+  formatProfile,
+  type KindRecord,
+  PROFILE_KINDS,
+  type ProfileKind,
+  Profiler,
+  type StepProfile,
+} from "./profile.ts";
+export {
   defaultDevice,
   device,
   type DevicePlugin,
@@ -16,10 +25,13 @@ export {
   useDevice,
 } from "./device.ts";
 export {
+  type BackwardFn,
+  forwardScope,
   type GradFn,
   isGradEnabled,
   keep,
   memoryStats,
+  needsGrad,
   noGrad,
   recordGrad,
   scope,
@@ -35,7 +47,7 @@ export {
   zeros,
 } from "./creation.ts";
 export { Generator } from "./random.ts";
-export { relu } from "./ops/activation.ts";
+export { addReluInPlace, relu, reluInPlace } from "./ops/activation.ts";
 export { conv2d, type Conv2dOptions } from "./ops/conv.ts";
 export {
   add,

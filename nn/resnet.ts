@@ -23,9 +23,8 @@ import {
 } from "./layers.ts";
 import { kaimingNormalFanOut } from "./init.ts";
 import { Layer } from "./module.ts";
-import { add } from "./ops/elementwise.ts";
-import { relu } from "./ops/activation.ts";
-import type { Tensor } from "./tensor.ts";
+import { addReluInPlace, reluInPlace } from "./ops/activation.ts";
+import { forwardScope, type Tensor } from "./tensor.ts";
 
 export interface ResNetOptions {
   /** Outputs of the final Linear layer `fc`; default 1000. */
@@ -112,10 +111,21 @@ export class BasicBlock extends Layer implements Block {
     return this.bn2;
   }
 
+  /**
+   * As torchvision's, whose ReLUs and shortcut sum work in place: the
+   * ReLUs overwrite the batch norms' outputs, the sum and its ReLU the last
+   * one's, and every intermediate the graph does not keep is freed when the
+   * block returns.
+   */
   forward(x: Tensor): Tensor {
-    let out = relu(this.bn1.forward(this.conv1.forward(x)));
-    out = this.bn2.forward(this.conv2.forward(out));
-    return relu(add(out, this.downsample ? this.downsample.forward(x) : x));
+    return forwardScope(() => {
+      const out = reluInPlace(this.bn1.forward(this.conv1.forward(x)));
+      const branch = this.bn2.forward(this.conv2.forward(out));
+      return addReluInPlace(
+        branch,
+        this.downsample ? this.downsample.forward(x) : x,
+      );
+    });
   }
 }
 
@@ -158,11 +168,17 @@ export class Bottleneck extends Layer implements Block {
     return this.bn3;
   }
 
+  /** In place and freeing as it goes, as `BasicBlock.forward`. */
   forward(x: Tensor): Tensor {
-    let out = relu(this.bn1.forward(this.conv1.forward(x)));
-    out = relu(this.bn2.forward(this.conv2.forward(out)));
-    out = this.bn3.forward(this.conv3.forward(out));
-    return relu(add(out, this.downsample ? this.downsample.forward(x) : x));
+    return forwardScope(() => {
+      let out = reluInPlace(this.bn1.forward(this.conv1.forward(x)));
+      out = reluInPlace(this.bn2.forward(this.conv2.forward(out)));
+      const branch = this.bn3.forward(this.conv3.forward(out));
+      return addReluInPlace(
+        branch,
+        this.downsample ? this.downsample.forward(x) : x,
+      );
+    });
   }
 }
 
@@ -266,14 +282,16 @@ export class ResNet extends Layer {
 
   /** Pooled features [n, featureDim], the input of `fc`. */
   features(x: Tensor): Tensor {
-    let h = relu(this.bn1.forward(this.conv1.forward(x)));
-    h = this.maxpool.forward(h);
-    for (const layer of this.layers) h = layer.forward(h);
-    return this.avgpool.forward(h).flatten(1);
+    return forwardScope(() => {
+      let h = reluInPlace(this.bn1.forward(this.conv1.forward(x)));
+      h = this.maxpool.forward(h);
+      for (const layer of this.layers) h = layer.forward(h);
+      return this.avgpool.forward(h).flatten(1);
+    });
   }
 
   forward(x: Tensor): Tensor {
-    return this.fc.forward(this.features(x));
+    return forwardScope(() => this.fc.forward(this.features(x)));
   }
 }
 

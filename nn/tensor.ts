@@ -8,6 +8,15 @@
  * `keep()`-ed, so a training step frees its intermediates without waiting for
  * the garbage collector.
  *
+ * What an op's backward needs (its input, its output, its batch statistics)
+ * the op saves as views owned by the graph, not by the caller: the caller's
+ * tensors may be disposed as soon as the forward has used them (a module's
+ * `forwardScope()` does so), and each saved view is freed as soon as its
+ * backward has run, or when the enclosing `scope()` ends. Under `noGrad`
+ * nothing is saved. A version counter per storage, raised by in-place ops,
+ * makes a backward whose saved tensor was overwritten fail instead of
+ * computing a wrong gradient, as PyTorch's does.
+ *
  * @module
  */
 
@@ -19,19 +28,35 @@ export interface GradFn {
   readonly name: string;
   readonly inputs: readonly Tensor[];
   /**
-   * Gradients with respect to each input (null where none is needed), given
-   * the gradient of the output. Runs with autograd off; returns new tensors.
+   * Views of the tensors the backward reads, owned by the graph; the engine
+   * disposes them once the backward has run.
    */
-  backward(grad: Tensor): (Tensor | null)[];
+  readonly saved: readonly Tensor[];
+  /** The storage version of each saved tensor when it was saved. */
+  readonly savedVersions: readonly number[];
+  /**
+   * Gradients with respect to each input (null where none is needed), given
+   * the gradient of the output and the saved views. Runs with autograd off;
+   * returns new tensors.
+   */
+  backward(grad: Tensor, saved: readonly Tensor[]): (Tensor | null)[];
 }
 
 class Storage {
   refs = 0;
+  /** Raised by every in-place write (see `Tensor.markModified`). */
+  version = 0;
   constructor(readonly backend: Backend, readonly buffer: DataBuffer) {}
 }
 
 const counters = { tensors: 0, bytes: 0 };
+/** Every open scope, innermost last: each disposes what was made in it. */
 const scopes: Set<Tensor>[] = [];
+/**
+ * The open `scope()`s (not `forwardScope()`s), innermost last: the owners
+ * of the views that ops save for backward.
+ */
+const savedOwners: Set<Tensor>[] = [];
 let noGradDepth = 0;
 
 /** Live tensors (views included) and the bytes of their storages. */
@@ -66,15 +91,20 @@ export class Tensor {
   /** How this tensor was computed; null for leaves. */
   gradFn: GradFn | null = null;
   #storage: Storage | null;
+  /** Set when an in-place op has given this tensor's data a new graph node. */
+  #superseded: string | null = null;
 
-  private constructor(storage: Storage, shape: readonly number[]) {
+  private constructor(
+    storage: Storage,
+    shape: readonly number[],
+    owner: Set<Tensor> | undefined = scopes.at(-1),
+  ) {
     this.shape = Object.freeze([...shape]);
     this.size = shapeSize(shape, "Tensor");
     this.#storage = storage;
     storage.refs++;
     counters.tensors++;
-    const top = scopes.at(-1);
-    if (top) adopt(this, top);
+    if (owner) adopt(this, owner);
   }
 
   /** A tensor over a new buffer of `backend` with undefined contents. */
@@ -111,6 +141,45 @@ export class Tensor {
   /** How many tensors share this tensor's storage (1 if none other does). */
   get storageRefs(): number {
     return this.#live().refs;
+  }
+
+  /**
+   * How many times the storage has been written in place (PyTorch's
+   * `_version`); a saved tensor whose version changed before its backward
+   * ran makes that backward throw.
+   */
+  get version(): number {
+    return this.#live().version;
+  }
+
+  /**
+   * Records an in-place write to this tensor's storage. Ops that overwrite
+   * an input (in-place ReLU, residual add) and optimisers call it.
+   */
+  markModified(): void {
+    this.#live().version++;
+  }
+
+  /**
+   * A view for the autograd graph to keep until backward: owned by the
+   * innermost `scope()`, so that disposing this tensor, or the end of a
+   * `forwardScope()`, leaves it alive.
+   */
+  saveForBackward(): Tensor {
+    return new Tensor(this.#live(), this.shape, savedOwners.at(-1));
+  }
+
+  /**
+   * Why this tensor can no longer enter a recorded op (an in-place op moved
+   * its data on to a new tensor), or null.
+   */
+  get superseded(): string | null {
+    return this.#superseded;
+  }
+
+  /** Marks the tensor as replaced by the result of the in-place op `op`. */
+  supersede(op: string): void {
+    this.#superseded = op;
   }
 
   #live(): Storage {
@@ -209,7 +278,8 @@ export class Tensor {
       counters.bytes -= 4 * storage.buffer.length;
       storage.backend.free(storage.buffer);
     }
-    this.gradFn = null;
+    // gradFn stays: tensors computed from this one still reach their graph
+    // through it, and what that graph needs it saved as views of its own.
     this.grad?.dispose();
     this.grad = null;
   }
@@ -266,19 +336,66 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/** The backward of a recorded op: the output's gradient and saved views. */
+export type BackwardFn = (
+  grad: Tensor,
+  saved: readonly Tensor[],
+) => (Tensor | null)[];
+
+/** Whether an op on `inputs` is recorded (autograd on, an input needs it). */
+export function needsGrad(inputs: readonly (Tensor | null)[]): boolean {
+  return noGradDepth === 0 && inputs.some((t) => t !== null && t.requiresGrad);
+}
+
 /**
  * Links `out` to its inputs when autograd is on and an input needs a gradient.
- * `backward` receives the output's gradient and returns one per input.
+ * `backward` receives the output's gradient and returns one per input. The
+ * tensors in `saved` (what backward reads) are kept as views for it, which
+ * it receives in the same order, and are freed once it has run; a backward
+ * must read them, not the op's own tensors, which its caller may dispose.
  */
 export function recordGrad(
   out: Tensor,
   name: string,
   inputs: readonly Tensor[],
-  backward: (grad: Tensor) => (Tensor | null)[],
+  backward: BackwardFn,
+): Tensor;
+export function recordGrad(
+  out: Tensor,
+  name: string,
+  inputs: readonly Tensor[],
+  saved: readonly Tensor[],
+  backward: BackwardFn,
+): Tensor;
+export function recordGrad(
+  out: Tensor,
+  name: string,
+  inputs: readonly Tensor[],
+  savedOrBackward: readonly Tensor[] | BackwardFn,
+  maybeBackward?: BackwardFn,
 ): Tensor {
-  if (noGradDepth > 0 || !inputs.some((t) => t.requiresGrad)) return out;
+  if (!needsGrad(inputs)) return out;
+  for (const t of inputs) {
+    if (t.superseded !== null) {
+      throw new Error(
+        `${name}: an input of shape ${
+          formatShape(t.shape)
+        } was overwritten by ${t.superseded}; use the tensor that ${t.superseded} returned`,
+      );
+    }
+  }
+  const [toSave, backward] = typeof savedOrBackward === "function"
+    ? [[], savedOrBackward]
+    : [savedOrBackward, maybeBackward!];
+  const saved = toSave.map((t) => t.saveForBackward());
   out.requiresGrad = true;
-  out.gradFn = { name, inputs, backward };
+  out.gradFn = {
+    name,
+    inputs,
+    saved,
+    savedVersions: saved.map((t) => t.version),
+    backward,
+  };
   return out;
 }
 
@@ -303,21 +420,41 @@ export function setBackwardEngine(
  * Returned tensors belong to the enclosing scope afterwards.
  */
 export function scope<T>(fn: () => T): T {
+  return runScope(fn, true, "scope()");
+}
+
+/**
+ * A module's forward pass: like `scope()`, it disposes every tensor made
+ * inside except those returned, but the views that ops saved for backward
+ * belong to the enclosing `scope()` (or to no scope outside any), so the
+ * graph stays whole while the activations nobody needs are freed at once.
+ * Under `noGrad` (a teacher, an evaluation) that leaves only the output.
+ */
+export function forwardScope<T>(fn: () => T): T {
+  return runScope(fn, false, "forwardScope()");
+}
+
+function runScope<T>(fn: () => T, ownsSaved: boolean, what: string): T {
   const own = new Set<Tensor>();
   scopes.push(own);
+  if (ownsSaved) savedOwners.push(own);
+  const pop = () => {
+    scopes.pop();
+    if (ownsSaved) savedOwners.pop();
+  };
   let result: T;
   try {
     result = fn();
     if (result instanceof Promise) {
-      throw new TypeError("scope() takes a synchronous function");
+      throw new TypeError(`${what} takes a synchronous function`);
     }
   } catch (e) {
     // On an exception everything made inside is released too.
-    scopes.pop();
+    pop();
     for (const t of own) t.dispose();
     throw e;
   }
-  scopes.pop();
+  pop();
   const escaping = new Set<Tensor>();
   collectTensors(result, escaping);
   for (const t of own) {

@@ -93,13 +93,18 @@ export function conv2d(
       shape: [d.n, d.k, plane],
     });
   }
-  return recordGrad(out, "conv2d", inputs, (g) => {
+  // dx needs the weight and dw the input: each is kept only if needed (the
+  // stem's input image needs no gradient, so its weight is not kept).
+  const saved = [weight.requiresGrad ? x : null, x.requiresGrad ? weight : null]
+    .filter((t): t is Tensor => t !== null);
+  return recordGrad(out, "conv2d", inputs, saved, (g, kept) => {
+    const [sx, sw] = weight.requiresGrad ? kept : [null, kept[0]];
     let gx: Tensor | null = null;
     if (x.requiresGrad) {
       gx = Tensor.empty(backend, x.shape);
       backend.conv2dBackwardData({
         dy: g.buffer,
-        w: weight.buffer,
+        w: sw!.buffer,
         dx: gx.buffer,
         desc: d,
       });
@@ -108,7 +113,7 @@ export function conv2d(
     if (weight.requiresGrad) {
       gw = Tensor.empty(backend, weight.shape);
       backend.conv2dBackwardFilter({
-        x: x.buffer,
+        x: sx!.buffer,
         dy: g.buffer,
         dw: gw.buffer,
         desc: d,

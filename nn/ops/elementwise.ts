@@ -158,7 +158,13 @@ export function mul(a: Tensor, b: Tensor): Tensor {
     c: out.buffer,
     shape: f.shape,
   });
-  return recordGrad(out, "mul", [a, b], (g) => {
+  const saved = [
+    big.requiresGrad ? small : null,
+    small.requiresGrad ? big : null,
+  ]
+    .filter((t): t is Tensor => t !== null);
+  return recordGrad(out, "mul", [a, b], saved, (g, kept) => {
+    const [sSmall, sBig] = big.requiresGrad ? kept : [null, kept[0]];
     // d(big) = g * small (broadcast); d(small) = sum over broadcast dims of g * big.
     const gBig = big.requiresGrad ? Tensor.empty(backend, big.shape) : null;
     if (gBig) {
@@ -167,7 +173,7 @@ export function mul(a: Tensor, b: Tensor): Tensor {
         alpha1: 1,
         a: g.buffer,
         alpha2: 1,
-        b: small.buffer,
+        b: sSmall!.buffer,
         bShape: f.small,
         beta: 0,
         c: gBig.buffer,
@@ -182,7 +188,7 @@ export function mul(a: Tensor, b: Tensor): Tensor {
         alpha1: 1,
         a: g.buffer,
         alpha2: 1,
-        b: big.buffer,
+        b: sBig!.buffer,
         bShape: f.shape,
         beta: 0,
         c: prod.buffer,

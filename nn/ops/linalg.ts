@@ -80,16 +80,16 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
   }
   const out = product(backend, a, tA, b, tB);
   // d op(A) = g op(B)^T and d op(B) = op(A)^T g, transposed back when op did.
-  return recordGrad(out, "matmul", [a, b], (g) => [
+  return recordGrad(out, "matmul", [a, b], [a, b], (g, [sa, sb]) => [
     a.requiresGrad
       ? (tA
-        ? product(backend, b, tB, g, true)
-        : product(backend, g, false, b, !tB))
+        ? product(backend, sb, tB, g, true)
+        : product(backend, g, false, sb, !tB))
       : null,
     b.requiresGrad
       ? (tB
-        ? product(backend, g, true, a, tA)
-        : product(backend, a, !tA, g, false))
+        ? product(backend, g, true, sa, tA)
+        : product(backend, sa, !tA, g, false))
       : null,
   ]);
 }
@@ -135,10 +135,10 @@ export function linear(
     });
   }
   gemmInto(backend, x, false, weight, true, out, bias ? 1 : 0);
-  return recordGrad(out, "linear", inputs, (g) => {
+  return recordGrad(out, "linear", inputs, [x, weight], (g, [sx, sw]) => {
     const grads: (Tensor | null)[] = [
-      x.requiresGrad ? product(backend, g, false, weight, false) : null,
-      weight.requiresGrad ? product(backend, g, true, x, false) : null,
+      x.requiresGrad ? product(backend, g, false, sw, false) : null,
+      weight.requiresGrad ? product(backend, g, true, sx, false) : null,
     ];
     if (bias) {
       let gb: Tensor | null = null;

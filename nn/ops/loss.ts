@@ -89,11 +89,12 @@ export function crossEntropy(
     rows,
     cols,
   });
-  recordGrad(losses, "crossEntropy", [logits], (g) => {
+  recordGrad(losses, "crossEntropy", [logits], [probs, target], (g, saved) => {
+    const [p, t] = saved;
     const gx = Tensor.empty(backend, logits.shape);
     backend.softmaxCrossEntropyBackward({
-      probs: probs.buffer,
-      labels: target.buffer,
+      probs: p.buffer,
+      labels: t.buffer,
       dLosses: g.buffer,
       dx: gx.buffer,
       rows,

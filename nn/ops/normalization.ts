@@ -92,23 +92,32 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
       saveInvStd: saveInvStd.buffer,
       desc: d,
     });
-    return recordGrad(out, "batchNorm", inputs, (g) => {
-      const gx = Tensor.empty(backend, x.shape);
-      const gw = weight?.requiresGrad ? Tensor.empty(backend, [c]) : null;
-      const gb = bias?.requiresGrad ? Tensor.empty(backend, [c]) : null;
-      backend.batchNormBackward({
-        x: x.buffer,
-        dy: g.buffer,
-        dx: gx.buffer,
-        scale: gammaBuf,
-        dScale: gw?.buffer ?? null,
-        dBias: gb?.buffer ?? null,
-        saveMean: saveMean.buffer,
-        saveInvStd: saveInvStd.buffer,
-        desc: d,
-      });
-      return withParamGrads(gx, weight, gw, bias, gb);
-    });
+    // The input and the batch statistics: the output is not needed (it may
+    // be overwritten by an in-place ReLU), nor a normalised copy.
+    const saved = [x, saveMean, saveInvStd, ...(weight ? [weight] : [])];
+    return recordGrad(
+      out,
+      "batchNorm",
+      inputs,
+      saved,
+      (g, [sx, sm, si, sw]) => {
+        const gx = Tensor.empty(backend, x.shape);
+        const gw = weight?.requiresGrad ? Tensor.empty(backend, [c]) : null;
+        const gb = bias?.requiresGrad ? Tensor.empty(backend, [c]) : null;
+        backend.batchNormBackward({
+          x: sx.buffer,
+          dy: g.buffer,
+          dx: gx.buffer,
+          scale: sw?.buffer ?? null,
+          dScale: gw?.buffer ?? null,
+          dBias: gb?.buffer ?? null,
+          saveMean: sm.buffer,
+          saveInvStd: si.buffer,
+          desc: d,
+        });
+        return withParamGrads(gx, weight, gw, bias, gb);
+      },
+    );
   }
 
   if (!runningMean || !runningVar) {
@@ -123,12 +132,21 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
     estimatedVariance: runningVar.buffer,
     desc: d,
   });
-  return recordGrad(out, "batchNorm", inputs, (g) => {
+  // The running statistics as they are now, and the input only when the
+  // weight's gradient needs it.
+  const evalSaved = [
+    runningMean,
+    runningVar,
+    ...(weight ? [weight] : []),
+    ...(weight?.requiresGrad ? [x] : []),
+  ];
+  return recordGrad(out, "batchNorm", inputs, evalSaved, (g, saved) => {
+    const [rm, rv, sw, sx] = saved;
     // With fixed statistics the op is affine per channel:
     // dx = g * gamma * invStd, dgamma = sum(g * xhat), dbeta = sum(g).
     const invStd = Tensor.empty(backend, [c]);
     backend.scaleShift({
-      x: runningVar.buffer,
+      x: rv.buffer,
       y: invStd.buffer,
       length: c,
       scale: 1,
@@ -140,13 +158,13 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
       y: invStd.buffer,
       length: c,
     });
-    if (gammaBuf) {
+    if (weight) {
       backend.opTensor({
         op: "mul",
         alpha1: 1,
         a: invStd.buffer,
         alpha2: 1,
-        b: gammaBuf,
+        b: sw.buffer,
         bShape: [1, 1, c],
         beta: 0,
         c: invStd.buffer,
@@ -170,12 +188,12 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
     if (weight?.requiresGrad) {
       const xhat = Tensor.empty(backend, x.shape);
       backend.batchNormForwardInference({
-        x: x.buffer,
+        x: sx.buffer,
         y: xhat.buffer,
         scale: null,
         bias: null,
-        estimatedMean: runningMean.buffer,
-        estimatedVariance: runningVar.buffer,
+        estimatedMean: rm.buffer,
+        estimatedVariance: rv.buffer,
         desc: d,
       });
       backend.opTensor({
@@ -248,11 +266,11 @@ export function normalize(x: Tensor, eps = 1e-12): Tensor {
     cols,
     eps,
   });
-  return recordGrad(out, "normalize", [x], (g) => {
+  return recordGrad(out, "normalize", [x], [out, norms], (g, [y, sn]) => {
     const gx = Tensor.empty(backend, x.shape);
     backend.l2NormalizeBackward({
-      y: out.buffer,
-      norms: norms.buffer,
+      y: y.buffer,
+      norms: sn.buffer,
       dy: g.buffer,
       dx: gx.buffer,
       rows,

@@ -56,11 +56,11 @@ export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
   const backend = x.backend;
   const out = Tensor.empty(backend, [n, c, oh, ow]);
   backend.maxPoolForward({ x: x.buffer, y: out.buffer, desc: d });
-  return recordGrad(out, "maxPool2d", [x], (g) => {
+  return recordGrad(out, "maxPool2d", [x], [x, out], (g, [sx, y]) => {
     const gx = Tensor.empty(backend, x.shape);
     backend.maxPoolBackward({
-      x: x.buffer,
-      y: out.buffer,
+      x: sx.buffer,
+      y: y.buffer,
       dy: g.buffer,
       dx: gx.buffer,
       desc: d,
