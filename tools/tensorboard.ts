@@ -19,7 +19,6 @@
  * @module
  */
 
-import { hostname } from "node:os";
 import { join } from "node:path";
 import protobuf from "protobufjs";
 import CRC32C from "crc-32/crc32c.js";
@@ -157,7 +156,7 @@ export class EventFile {
     options: EventFileOptions = {},
   ): Promise<EventFile> {
     const now = options.now ?? (() => Date.now() / 1000);
-    const host = options.host ?? hostname();
+    const host = options.host ?? hostName();
     await Deno.mkdir(dir, { recursive: true });
     const base = eventFileName(now(), host);
     // Two processes started in the same second (a quick resume) must not
@@ -288,6 +287,16 @@ function numbers(values: Record<string, unknown>): Record<string, number> {
   return Object.fromEntries(
     Object.entries(values).filter(([, v]) => typeof v === "number"),
   ) as Record<string, number>;
+}
+
+/**
+ * This machine's name, as the file name carries it; "localhost" where the
+ * process may not ask (no `--allow-sys=hostname`), rather than a prompt.
+ */
+function hostName(): string {
+  const sys = { name: "sys", kind: "hostname" } as const;
+  if (Deno.permissions.querySync(sys).state !== "granted") return "localhost";
+  return Deno.hostname();
 }
 
 function errorText(e: unknown): string {
