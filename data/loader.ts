@@ -29,6 +29,7 @@ import {
   sniffFormat,
 } from "./decode.ts";
 import type { ViewRecipe } from "./pipelines.ts";
+import { shardLength, shardOrder, type ShardTail } from "./sampler.ts";
 import {
   type BatchJob,
   type BatchResult,
@@ -54,6 +55,15 @@ export interface DataLoaderOptions {
   prefetch?: number;
   /** Called with each epoch's summary once its last batch is handed out. */
   onEpochEnd?: (summary: EpochSummary) => void;
+  /**
+   * This rank's share of each epoch in a data-parallel run: PyTorch's
+   * `DistributedSampler` over the epoch's order (see data/sampler.ts), with
+   * `batchSize` the per-rank batch. The tail is dropped with `dropLast`
+   * (so every rank has as many batches as one process with the global
+   * batch), otherwise shared unevenly (each sample seen once). Omitted:
+   * the whole epoch.
+   */
+  shard?: { rank: number; size: number };
   /**
    * The JPEG decoder (default "auto": TurboJPEG where libturbojpeg loads,
    * otherwise jpeg-js, said once on stderr when the first JPEG is met).
@@ -265,6 +275,8 @@ export class DataLoader {
   readonly shuffle: boolean;
   readonly dropLast: boolean;
   readonly workers: number;
+  /** This rank's share of each epoch, or null for all of it. */
+  readonly shard: { rank: number; size: number } | null;
   /** The JPEG decoder every sample is decoded with. */
   readonly jpeg: "turbojpeg" | "jpeg-js";
   /** The summary of the last finished epoch. */
@@ -307,6 +319,10 @@ export class DataLoader {
     this.shuffle = options.shuffle ?? true;
     this.dropLast = options.dropLast ?? true;
     this.workers = workers;
+    this.shard = options.shard ?? null;
+    if (this.shard !== null) {
+      shardOrder(new Int32Array(0), this.shard.rank, this.shard.size);
+    }
     this.jpeg = resolveJpegDecoder(options.jpeg, true);
     this.#noteFallback = (options.jpeg ?? "auto") === "auto" &&
       this.jpeg === "jpeg-js";
@@ -322,18 +338,34 @@ export class DataLoader {
     this.#runner = workers > 0 ? null : new BatchRunner();
   }
 
-  /** Batches per epoch. */
+  /** Batches per epoch (of this rank's shard when there is one). */
   get length(): number {
-    const n = this.dataset.length / this.batchSize;
+    const samples = this.shard === null ? this.dataset.length : shardLength(
+      this.dataset.length,
+      this.shard.size,
+      this.#tail,
+      this.shard.rank,
+    );
+    const n = samples / this.batchSize;
     return this.dropLast ? Math.floor(n) : Math.ceil(n);
   }
 
-  /** The order in which epoch `epoch` visits the samples. */
+  /**
+   * The order in which epoch `epoch` visits the samples: a permutation of
+   * the dataset, or this rank's shard of it.
+   */
   order(epoch: number): Int32Array {
-    if (!this.shuffle) {
-      return Int32Array.from({ length: this.dataset.length }, (_, i) => i);
-    }
-    return new Generator(this.seed, epoch, -1).permutation(this.dataset.length);
+    const all = this.shuffle
+      ? new Generator(this.seed, epoch, -1).permutation(this.dataset.length)
+      : Int32Array.from({ length: this.dataset.length }, (_, i) => i);
+    return this.shard === null
+      ? all
+      : shardOrder(all, this.shard.rank, this.shard.size, this.#tail);
+  }
+
+  /** The sampler's tail: dropped with the last batch, else uneven. */
+  get #tail(): ShardTail {
+    return this.dropLast ? "drop" : "uneven";
   }
 
   /**

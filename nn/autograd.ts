@@ -13,6 +13,7 @@
  */
 
 import {
+  type BackwardOptions,
   formatShape,
   type GradFn,
   keep,
@@ -84,7 +85,11 @@ function accumulate(acc: Tensor, g: Tensor): Tensor {
   return sum;
 }
 
-function runBackward(root: Tensor, seed?: Tensor): void {
+function runBackward(
+  root: Tensor,
+  seed?: Tensor,
+  options?: BackwardOptions,
+): void {
   if (!root.requiresGrad) {
     throw new Error(
       "backward(): the tensor does not require grad (no input of it has requiresGrad, or it was computed under noGrad)",
@@ -121,6 +126,7 @@ function runBackward(root: Tensor, seed?: Tensor): void {
       const fn = t.gradFn;
       if (fn === null) {
         accumulateLeaf(t, g);
+        options?.onLeafGrad?.(t);
         continue;
       }
       let inputGrads: (Tensor | null)[];

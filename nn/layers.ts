@@ -11,7 +11,7 @@ import { Layer } from "./module.ts";
 import { relu } from "./ops/activation.ts";
 import { conv2d } from "./ops/conv.ts";
 import { linear } from "./ops/linalg.ts";
-import { batchNorm } from "./ops/normalization.ts";
+import { batchNorm, type BatchNormOptions } from "./ops/normalization.ts";
 import { globalAvgPool2d, maxPool2d } from "./ops/pool.ts";
 import { expectRank, pair } from "./ops/util.ts";
 import type { Generator } from "./random.ts";
@@ -128,8 +128,19 @@ export interface BatchNormLayerOptions {
   device?: string;
 }
 
+/**
+ * Batch statistics computed over more than this process's batch (SyncBN):
+ * when a layer has one, its training-mode forward calls it in place of
+ * `batchNorm`, with the same options.
+ */
+export interface BatchNormSync {
+  batchNorm(x: Tensor, opts: BatchNormOptions): Tensor;
+}
+
 /** Shared body of BatchNorm1d and BatchNorm2d. */
 abstract class BatchNormBase extends Layer {
+  /** Where batch statistics come from in training; null: this batch alone. */
+  sync: BatchNormSync | null = null;
   readonly weight: Tensor | null;
   readonly bias: Tensor | null;
   readonly runningMean: Tensor | null;
@@ -172,7 +183,11 @@ abstract class BatchNormBase extends Layer {
     // As PyTorch: batch statistics in training, or always without running ones.
     const useBatch = this.training || this.runningMean === null;
     const update = this.training && this.runningMean !== null;
-    const out = batchNorm(x, {
+    // As PyTorch's SyncBatchNorm: synchronised only in training mode.
+    const norm = this.training && this.sync !== null
+      ? this.sync.batchNorm.bind(this.sync)
+      : batchNorm;
+    const out = norm(x, {
       weight: this.weight,
       bias: this.bias,
       runningMean: update || !useBatch ? this.runningMean : null,

@@ -22,6 +22,17 @@
 
 import type { Backend, DataBuffer } from "./backend.ts";
 
+/** What a backward pass tells its caller while it runs. */
+export interface BackwardOptions {
+  /**
+   * Called once a leaf's gradient for this pass is complete (every consumer
+   * has contributed), in the order the pass finishes them: data-parallel
+   * training starts reducing a bucket of gradients while the rest of the
+   * pass still runs.
+   */
+  onLeafGrad?: (leaf: Tensor) => void;
+}
+
 /** A node of the autograd graph: how to send a gradient to the inputs. */
 export interface GradFn {
   /** The op's name, for error messages. */
@@ -260,8 +271,8 @@ export class Tensor {
   }
 
   /** Computes gradients of this tensor with respect to every leaf. */
-  backward(grad?: Tensor): void {
-    backwardHook(this, grad);
+  backward(grad?: Tensor, options?: BackwardOptions): void {
+    backwardHook(this, grad, options);
   }
 
   /**
@@ -401,13 +412,17 @@ export function recordGrad(
 
 // The engine lives in autograd.ts; it registers itself here to avoid an
 // import cycle that would run before Tensor is defined.
-let backwardHook: (root: Tensor, grad?: Tensor) => void = () => {
+let backwardHook: (
+  root: Tensor,
+  grad?: Tensor,
+  options?: BackwardOptions,
+) => void = () => {
   throw new Error("backward(): the autograd engine is not loaded");
 };
 
 /** Installs the autograd engine (called once by autograd.ts). */
 export function setBackwardEngine(
-  engine: (root: Tensor, grad?: Tensor) => void,
+  engine: (root: Tensor, grad?: Tensor, options?: BackwardOptions) => void,
 ): void {
   backwardHook = engine;
 }
