@@ -79,3 +79,39 @@ for (const np of [2, 3]) {
     },
   });
 }
+
+/** Whether NCCL is found (MEC_CUDA_LIBS or NVIDIA's wheels), with no GPU needed. */
+async function haveNccl(): Promise<boolean> {
+  try {
+    const { uniqueId } = await import("../cuda/nccl.ts");
+    return uniqueId().length === 128;
+  } catch {
+    return false;
+  }
+}
+
+const NCCL = MPI && await haveNccl();
+if (MPI && !NCCL) {
+  console.log("dist_test: NCCL is not found; the NCCL unique-id test skipped");
+}
+
+Deno.test({
+  name:
+    "2 ranks: rank 0's NCCL unique id reaches every rank over MPI (no GPU needed)",
+  ignore: !NCCL,
+  fn: async () => {
+    const env: Record<string, string> = {};
+    const libs = Deno.env.get("MEC_CUDA_LIBS");
+    if (libs !== undefined) env.MEC_CUDA_LIBS = libs;
+    const run = await mpirun(2, "tests/dist/nccl_id_ranks.ts", [], 60, env);
+    assert.equal(run.code, 0, run.stderr);
+    const ids = run.stdout.split("\n").filter((l) => l.startsWith("{")).map(
+      (l) => JSON.parse(l) as { rank: number; id: number[] },
+    );
+    assert.equal(ids.length, 2, run.stdout);
+    assert.equal(ids[0].id.length, 128);
+    assert.deepEqual(ids[0].id, ids[1].id);
+    // A fresh id is not all zeros (it carries rank 0's address).
+    assert.ok(ids[0].id.some((b) => b !== 0));
+  },
+});
