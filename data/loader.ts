@@ -58,12 +58,13 @@ export interface DataLoaderOptions {
   /**
    * This rank's share of each epoch in a data-parallel run: PyTorch's
    * `DistributedSampler` over the epoch's order (see data/sampler.ts), with
-   * `batchSize` the per-rank batch. The tail is dropped with `dropLast`
-   * (so every rank has as many batches as one process with the global
-   * batch), otherwise shared unevenly (each sample seen once). Omitted:
-   * the whole epoch.
+   * `batchSize` the per-rank batch. The tail (see data/sampler.ts) is
+   * dropped by default with `dropLast`, so that every rank has as many
+   * batches as one process with the global batch, and padded without, so
+   * that every rank's batches have the same sizes; "uneven" (for
+   * evaluation) visits each sample once. Omitted: the whole epoch.
    */
-  shard?: { rank: number; size: number };
+  shard?: { rank: number; size: number; tail?: ShardTail };
   /**
    * The JPEG decoder (default "auto": TurboJPEG where libturbojpeg loads,
    * otherwise jpeg-js, said once on stderr when the first JPEG is met).
@@ -276,7 +277,7 @@ export class DataLoader {
   readonly dropLast: boolean;
   readonly workers: number;
   /** This rank's share of each epoch, or null for all of it. */
-  readonly shard: { rank: number; size: number } | null;
+  readonly shard: { rank: number; size: number; tail: ShardTail } | null;
   /** The JPEG decoder every sample is decoded with. */
   readonly jpeg: "turbojpeg" | "jpeg-js";
   /** The summary of the last finished epoch. */
@@ -319,7 +320,10 @@ export class DataLoader {
     this.shuffle = options.shuffle ?? true;
     this.dropLast = options.dropLast ?? true;
     this.workers = workers;
-    this.shard = options.shard ?? null;
+    this.shard = options.shard === undefined ? null : {
+      ...options.shard,
+      tail: options.shard.tail ?? (this.dropLast ? "drop" : "pad"),
+    };
     if (this.shard !== null) {
       shardOrder(new Int32Array(0), this.shard.rank, this.shard.size);
     }
@@ -343,7 +347,7 @@ export class DataLoader {
     const samples = this.shard === null ? this.dataset.length : shardLength(
       this.dataset.length,
       this.shard.size,
-      this.#tail,
+      this.shard.tail,
       this.shard.rank,
     );
     const n = samples / this.batchSize;
@@ -360,12 +364,7 @@ export class DataLoader {
       : Int32Array.from({ length: this.dataset.length }, (_, i) => i);
     return this.shard === null
       ? all
-      : shardOrder(all, this.shard.rank, this.shard.size, this.#tail);
-  }
-
-  /** The sampler's tail: dropped with the last batch, else uneven. */
-  get #tail(): ShardTail {
-    return this.dropLast ? "drop" : "uneven";
+      : shardOrder(all, this.shard.rank, this.shard.size, this.shard.tail);
   }
 
   /**

@@ -81,3 +81,33 @@ Deno.test("sharded loaders: the ranks' batch k together are the single-process b
     assert.deepEqual(got.map((g) => g.sort()), want, `${w} ranks`);
   }
 });
+
+Deno.test("sharded loaders without dropLast: padded shards give every rank equal batches; uneven ones each sample once", async () => {
+  const dataset = new DummyDataset({ length: 11, classes: 3, seed: 4 });
+  const views = [probeEvalView(8)];
+  const sizes = (tail?: "uneven") =>
+    [0, 1, 2].map(async (rank) => {
+      const loader = new DataLoader({
+        dataset,
+        views,
+        batchSize: 2,
+        seed: 1,
+        dropLast: false,
+        shard: { rank, size: 3, tail },
+      });
+      const seen: number[][] = [];
+      for await (const b of loader.epoch(0)) seen.push([...b.indices]);
+      return seen;
+    });
+  // Padded: ceil(11 / 3) = 4 each, in batches of 2 and 2 on every rank.
+  const padded = await Promise.all(sizes());
+  for (const r of padded) assert.deepEqual(r.map((b) => b.length), [2, 2]);
+  const uneven = await Promise.all(sizes("uneven"));
+  assert.deepEqual(uneven.map((r) => r.map((b) => b.length)), [
+    [2, 2],
+    [2, 2],
+    [2, 1],
+  ]);
+  const all = uneven.flat(2).sort((a, b) => a - b);
+  assert.deepEqual(all, [...Array(11).keys()]);
+});
