@@ -9,14 +9,15 @@
 
 import type { Generator } from "../nn/random.ts";
 import type { RgbImage } from "./decode.ts";
+import { blurToTensor } from "./blur_to_tensor.ts";
 import {
   BlurScratch,
   centerCropBox,
   colorJitter,
   type ColorJitterOptions,
+  type ColorJitterParams,
   colorJitterParams,
   type FloatImage,
-  gaussianBlur,
   grayscale,
   IMAGENET_NORMALIZE,
   type NormalizeOptions,
@@ -155,15 +156,53 @@ function cropSpec(
   };
 }
 
+/** The random choices of one view, drawn in torchvision's order. */
+export interface ViewDraw {
+  /** The crop, resize and flip. */
+  crop: ResizedCropSpec;
+  /** ColorJitter's draw, or null when it is not applied. */
+  jitter: ColorJitterParams | null;
+  grey: boolean;
+  /** GaussianBlur's sigma, or null when it is not applied. */
+  sigma: number | null;
+  solarize: boolean;
+}
+
+/**
+ * Draws every random choice of `recipe` for `image` from `gen`, in
+ * torchvision's order: the crop box, ColorJitter's coin and factors,
+ * RandomGrayscale, GaussianBlur's coin and sigma, Solarize, then the flip
+ * (which commutes with all the rest, so it is folded into the resampling).
+ */
+export function drawView(
+  image: RgbImage,
+  recipe: ViewRecipe,
+  gen: Generator,
+): ViewDraw {
+  const crop = cropSpec(image, recipe, gen);
+  const jitter = recipe.jitter !== null && gen.uniform() < recipe.jitter.p
+    ? colorJitterParams(gen, recipe.jitter)
+    : null;
+  const grey = gen.uniform() < recipe.grayscale;
+  const sigma = recipe.blur !== null && gen.uniform() < recipe.blur.p
+    ? gen.uniform(recipe.blur.sigma[0], recipe.blur.sigma[1])
+    : null;
+  const solarize = gen.uniform() < recipe.solarize;
+  crop.flip = gen.uniform() < recipe.flip;
+  return { crop, jitter, grey, sigma, solarize };
+}
+
 /**
  * Runs one view recipe on `image`, drawing every random choice from `gen`
- * in torchvision's order, and writes the CHW result (3 x size x size floats)
+ * ({@link drawView}), and writes the CHW result (3 x size x size floats)
  * into `out` at `offset`.
  *
- * The passes: crop + resize + flip (flip is drawn after the other steps but
- * commutes with all of them, so it is folded into the resampling), each
- * jitter adjustment that is not the identity, grayscale, blur, and one final
- * pass that solarizes, scales, normalises and transposes to CHW.
+ * The passes: crop + resize + flip in one; each jitter adjustment that is
+ * not the identity; grayscale; then either the blur, whose last pass also
+ * solarizes, scales, normalises and transposes to CHW
+ * (data/blur_to_tensor.ts), or that final pass alone ({@link toTensor}).
+ * The result is bit-identical to running gaussianBlur and toTensor one
+ * after the other.
  */
 export function applyView(
   image: RgbImage,
@@ -173,27 +212,24 @@ export function applyView(
   offset: number,
   scratch: ViewScratch = new ViewScratch(),
 ): void {
-  const spec = cropSpec(image, recipe, gen);
-  const jitter = recipe.jitter !== null && gen.uniform() < recipe.jitter.p
-    ? colorJitterParams(gen, recipe.jitter)
-    : null;
-  const grey = gen.uniform() < recipe.grayscale;
-  const sigma = recipe.blur !== null && gen.uniform() < recipe.blur.p
-    ? gen.uniform(recipe.blur.sigma[0], recipe.blur.sigma[1])
-    : null;
-  const solar = gen.uniform() < recipe.solarize;
-  spec.flip = gen.uniform() < recipe.flip;
-
+  const { crop, jitter, grey, sigma, solarize } = drawView(image, recipe, gen);
   const work = scratch.image(recipe.size);
-  resizedCrop(image, spec, work, scratch.resize);
+  resizedCrop(image, crop, work, scratch.resize);
   if (jitter !== null) colorJitter(work, jitter);
   if (grey) grayscale(work);
-  if (sigma !== null) gaussianBlur(work, sigma, scratch.blur);
-  toTensor(
-    work,
-    out,
-    offset,
-    recipe.normalize ?? undefined,
-    solar ? 128 : undefined,
-  );
+  const normalize = recipe.normalize ?? undefined;
+  const solarizeThreshold = solarize ? 128 : undefined;
+  if (sigma === null) {
+    toTensor(work, out, offset, normalize, solarizeThreshold);
+  } else {
+    blurToTensor(
+      work,
+      sigma,
+      out,
+      offset,
+      normalize,
+      solarizeThreshold,
+      scratch.blur,
+    );
+  }
 }

@@ -197,11 +197,18 @@ export interface ResizedCropSpec {
 /** Reusable work memory for {@link resizedCrop}; grows as needed. */
 export class ResizeScratch {
   #rows = new Float32Array(0);
+  #offsets = new Int32Array(0);
 
   /** A buffer of at least `n` floats. */
   rows(n: number): Float32Array {
     if (this.#rows.length < n) this.#rows = new Float32Array(n);
     return this.#rows;
+  }
+
+  /** A buffer of at least `n` integers. */
+  offsets(n: number): Int32Array {
+    if (this.#offsets.length < n) this.#offsets = new Int32Array(n);
+    return this.#offsets;
   }
 }
 
@@ -251,45 +258,94 @@ export function resizedCrop(
   const s = src.data;
   const srcStride = src.width * 3;
 
-  // Horizontal pass: each needed source row to outW columns. Mirroring
-  // writes output column x at outW - 1 - x.
+  // Horizontal pass: each needed source row to outW columns, one output
+  // column at a time down all the rows, so that its weights stay in
+  // registers and the tap count is branched on once per column (V8 runs
+  // this about twice as fast as the plain loop over taps per pixel). The
+  // sums are the plain loop's, in the same order. Mirroring writes output
+  // column x at outW - 1 - x.
   const cw = cols.weights;
   const ct = cols.taps;
-  for (let r = firstRow; r < lastRow; r++) {
-    const rowBase = (box.top + r) * srcStride + box.left * 3;
-    const tBase = (r - firstRow) * rowLen;
-    for (let x = 0; x < outW; x++) {
-      let p = rowBase + cols.start[x] * 3;
-      const n = cols.count[x];
-      const wBase = x * ct;
-      let red = 0, green = 0, blue = 0;
-      for (let k = 0; k < n; k++, p += 3) {
-        const w = cw[wBase + k];
-        red += w * s[p];
-        green += w * s[p + 1];
-        blue += w * s[p + 2];
+  const rowCount = lastRow - firstRow;
+  const firstBase = (box.top + firstRow) * srcStride;
+  for (let x = 0; x < outW; x++) {
+    const n = cols.count[x];
+    const wb = x * ct;
+    let p = firstBase + (box.left + cols.start[x]) * 3;
+    let q = (flip ? outW - 1 - x : x) * 3;
+    // A table has at least three taps; the fourth exists when n > 3.
+    const w0 = cw[wb], w1 = cw[wb + 1], w2 = cw[wb + 2];
+    const w3 = n > 3 ? cw[wb + 3] : 0;
+    if (n === 3) {
+      for (let r = 0; r < rowCount; r++, p += srcStride, q += rowLen) {
+        tmp[q] = w0 * s[p] + w1 * s[p + 3] + w2 * s[p + 6];
+        tmp[q + 1] = w0 * s[p + 1] + w1 * s[p + 4] + w2 * s[p + 7];
+        tmp[q + 2] = w0 * s[p + 2] + w1 * s[p + 5] + w2 * s[p + 8];
       }
-      const q = tBase + (flip ? outW - 1 - x : x) * 3;
-      tmp[q] = red;
-      tmp[q + 1] = green;
-      tmp[q + 2] = blue;
+    } else if (n === 4) {
+      for (let r = 0; r < rowCount; r++, p += srcStride, q += rowLen) {
+        tmp[q] = w0 * s[p] + w1 * s[p + 3] + w2 * s[p + 6] + w3 * s[p + 9];
+        tmp[q + 1] = w0 * s[p + 1] + w1 * s[p + 4] + w2 * s[p + 7] +
+          w3 * s[p + 10];
+        tmp[q + 2] = w0 * s[p + 2] + w1 * s[p + 5] + w2 * s[p + 8] +
+          w3 * s[p + 11];
+      }
+    } else if (n === 5) {
+      const w4 = cw[wb + 4];
+      for (let r = 0; r < rowCount; r++, p += srcStride, q += rowLen) {
+        tmp[q] = w0 * s[p] + w1 * s[p + 3] + w2 * s[p + 6] + w3 * s[p + 9] +
+          w4 * s[p + 12];
+        tmp[q + 1] = w0 * s[p + 1] + w1 * s[p + 4] + w2 * s[p + 7] +
+          w3 * s[p + 10] + w4 * s[p + 13];
+        tmp[q + 2] = w0 * s[p + 2] + w1 * s[p + 5] + w2 * s[p + 8] +
+          w3 * s[p + 11] + w4 * s[p + 14];
+      }
+    } else {
+      for (let r = 0; r < rowCount; r++, p += srcStride, q += rowLen) {
+        let red = 0, green = 0, blue = 0;
+        for (let k = 0, i = p; k < n; k++, i += 3) {
+          const w = cw[wb + k];
+          red += w * s[i], green += w * s[i + 1], blue += w * s[i + 2];
+        }
+        tmp[q] = red, tmp[q + 1] = green, tmp[q + 2] = blue;
+      }
     }
   }
 
-  // Vertical pass: a weighted sum of whole rows, contiguous in memory.
+  // Vertical pass: a weighted sum of whole rows, contiguous in memory. Up
+  // to three rows are summed in one sweep, each partial sum rounded to
+  // float32 as storing it between rows would (so the result is the same as
+  // one row at a time), and further rows are added a row at a time.
   const d = out.data;
   const rw = rows.weights;
   const rt = rows.taps;
+  const fr = Math.fround;
   for (let y = 0; y < outH; y++) {
-    const oBase = y * rowLen;
+    const o = y * rowLen;
     const n = rows.count[y];
-    const from = (rows.start[y] - firstRow) * rowLen;
-    let w = rw[y * rt];
-    for (let i = 0; i < rowLen; i++) d[oBase + i] = w * tmp[from + i];
-    for (let k = 1; k < n; k++) {
-      w = rw[y * rt + k];
-      const t = from + k * rowLen;
-      for (let i = 0; i < rowLen; i++) d[oBase + i] += w * tmp[t + i];
+    const a = (rows.start[y] - firstRow) * rowLen;
+    const w0 = rw[y * rt];
+    if (n === 1) {
+      for (let i = 0; i < rowLen; i++) d[o + i] = w0 * tmp[a + i];
+      continue;
+    }
+    const b = a + rowLen;
+    const w1 = rw[y * rt + 1];
+    if (n === 2) {
+      for (let i = 0; i < rowLen; i++) {
+        d[o + i] = fr(w0 * tmp[a + i]) + w1 * tmp[b + i];
+      }
+      continue;
+    }
+    const c = b + rowLen;
+    const w2 = rw[y * rt + 2];
+    for (let i = 0; i < rowLen; i++) {
+      d[o + i] = fr(fr(w0 * tmp[a + i]) + w1 * tmp[b + i]) + w2 * tmp[c + i];
+    }
+    for (let k = 3; k < n; k++) {
+      const w = rw[y * rt + k];
+      const t = a + k * rowLen;
+      for (let i = 0; i < rowLen; i++) d[o + i] += w * tmp[t + i];
     }
   }
   return out;
@@ -555,9 +611,8 @@ function clampIndex(k: number, size: number): number {
 }
 
 /**
- * One horizontal extended-box pass from `src` to `dst` (interleaved RGB):
- * pixels whose window lies inside the row are summed without bounds checks,
- * the few near the ends with the index clamped to the row.
+ * One horizontal extended-box pass from `src` to `dst` (interleaved RGB),
+ * row by row.
  */
 function boxRows(
   src: Float32Array,
@@ -568,47 +623,67 @@ function boxRows(
   inner: number,
   edge: number,
 ): void {
-  const reach = r + 1;
-  const far = 3 * reach;
   for (let y = 0; y < height; y++) {
     const row = y * width * 3;
-    const interiorEnd = row + (width - reach) * 3;
-    for (let x = 0; x < width; x++) {
-      if (x === reach && reach < width - reach) {
-        // Interior: every channel the same way, no clamping; the usual
-        // radii have loops of their own, which V8 compiles far better than
-        // the general one.
-        const from = row + far;
-        if (r === 0) {
-          for (let e = from; e < interiorEnd; e++) {
-            dst[e] = inner * src[e] + edge * (src[e - 3] + src[e + 3]);
-          }
-        } else if (r === 1) {
-          for (let e = from; e < interiorEnd; e++) {
-            dst[e] = inner * (src[e - 3] + src[e] + src[e + 3]) +
-              edge * (src[e - 6] + src[e + 6]);
-          }
-        } else {
-          for (let e = from; e < interiorEnd; e++) {
-            let sum = src[e];
-            for (let k = 3; k <= 3 * r; k += 3) sum += src[e - k] + src[e + k];
-            dst[e] = inner * sum + edge * (src[e - far] + src[e + far]);
-          }
+    boxRow(src, row, dst, row, width, r, inner, edge);
+  }
+}
+
+/**
+ * One horizontal extended-box pass over one row of `width` RGB pixels, from
+ * `src` at `from` to `dst` at `to`: pixels whose window lies inside the row
+ * are summed without bounds checks, the few near the ends with the index
+ * clamped to the row. {@link blurToTensor} runs the same passes row by row.
+ */
+export function boxRow(
+  src: Float32Array,
+  from: number,
+  dst: Float32Array,
+  to: number,
+  width: number,
+  r: number,
+  inner: number,
+  edge: number,
+): void {
+  const reach = r + 1;
+  const far = 3 * reach;
+  const shift = to - from;
+  const interiorEnd = from + (width - reach) * 3;
+  for (let x = 0; x < width; x++) {
+    if (x === reach && reach < width - reach) {
+      // Interior: every channel the same way, no clamping; the usual radii
+      // have loops of their own, which V8 compiles far better than the
+      // general one.
+      const first = from + far;
+      if (r === 0) {
+        for (let e = first; e < interiorEnd; e++) {
+          dst[e + shift] = inner * src[e] + edge * (src[e - 3] + src[e + 3]);
         }
-        x = width - reach - 1;
-        continue;
-      }
-      for (let c = 0; c < 3; c++) {
-        const base = row + c;
-        let sum = src[base + 3 * clampIndex(x, width)];
-        for (let k = 1; k <= r; k++) {
-          sum += src[base + 3 * clampIndex(x - k, width)] +
-            src[base + 3 * clampIndex(x + k, width)];
+      } else if (r === 1) {
+        for (let e = first; e < interiorEnd; e++) {
+          dst[e + shift] = inner * (src[e] + (src[e - 3] + src[e + 3])) +
+            edge * (src[e - 6] + src[e + 6]);
         }
-        dst[base + 3 * x] = inner * sum +
-          edge * (src[base + 3 * clampIndex(x - reach, width)] +
-              src[base + 3 * clampIndex(x + reach, width)]);
+      } else {
+        for (let e = first; e < interiorEnd; e++) {
+          let sum = src[e];
+          for (let k = 3; k <= 3 * r; k += 3) sum += src[e - k] + src[e + k];
+          dst[e + shift] = inner * sum + edge * (src[e - far] + src[e + far]);
+        }
       }
+      x = width - reach - 1;
+      continue;
+    }
+    for (let c = 0; c < 3; c++) {
+      const base = from + c;
+      let sum = src[base + 3 * clampIndex(x, width)];
+      for (let k = 1; k <= r; k++) {
+        sum += src[base + 3 * clampIndex(x - k, width)] +
+          src[base + 3 * clampIndex(x + k, width)];
+      }
+      dst[base + shift + 3 * x] = inner * sum +
+        edge * (src[base + 3 * clampIndex(x - reach, width)] +
+            src[base + 3 * clampIndex(x + reach, width)]);
     }
   }
 }
@@ -630,29 +705,47 @@ function boxColumns(
   const rowAt = (y: number) =>
     (y < 0 ? 0 : y >= height ? height - 1 : y) * rowLen;
   for (let y = 0; y < height; y++) {
-    const o = y * rowLen;
-    const above = rowAt(y - r - 1);
-    const below = rowAt(y + r + 1);
-    const centre = rowAt(y);
-    if (r === 1) {
-      const up = rowAt(y - 1);
-      const down = rowAt(y + 1);
-      for (let i = 0; i < rowLen; i++) {
-        dst[o + i] = inner * (src[up + i] + src[centre + i] + src[down + i]) +
-          edge * (src[above + i] + src[below + i]);
-      }
-      continue;
-    }
+    boxColumnRow(src, rowAt, y, dst, y * rowLen, rowLen, r, inner, edge);
+  }
+}
+
+/**
+ * Row `y` of one vertical extended-box pass: `rowAt(j)` is where source
+ * row j (clamped to the image by the caller) starts in `src`, and the row
+ * of `rowLen` values is written to `dst` at `to`.
+ */
+export function boxColumnRow(
+  src: Float32Array,
+  rowAt: (j: number) => number,
+  y: number,
+  dst: Float32Array,
+  to: number,
+  rowLen: number,
+  r: number,
+  inner: number,
+  edge: number,
+): void {
+  const above = rowAt(y - r - 1);
+  const below = rowAt(y + r + 1);
+  const centre = rowAt(y);
+  if (r === 1) {
+    const up = rowAt(y - 1);
+    const down = rowAt(y + 1);
     for (let i = 0; i < rowLen; i++) {
-      dst[o + i] = inner * src[centre + i] +
+      dst[to + i] = inner * (src[centre + i] + (src[up + i] + src[down + i])) +
         edge * (src[above + i] + src[below + i]);
     }
-    for (let k = 1; k <= r; k++) {
-      const up = rowAt(y - k);
-      const down = rowAt(y + k);
-      for (let i = 0; i < rowLen; i++) {
-        dst[o + i] += inner * (src[up + i] + src[down + i]);
-      }
+    return;
+  }
+  for (let i = 0; i < rowLen; i++) {
+    dst[to + i] = inner * src[centre + i] +
+      edge * (src[above + i] + src[below + i]);
+  }
+  for (let k = 1; k <= r; k++) {
+    const up = rowAt(y - k);
+    const down = rowAt(y + k);
+    for (let i = 0; i < rowLen; i++) {
+      dst[to + i] += inner * (src[up + i] + src[down + i]);
     }
   }
 }
