@@ -17,6 +17,7 @@ import type { OptimizerHyper, SGD } from "./optim.ts";
 import {
   type HostTensor,
   readSafetensors,
+  type TensorEntries,
   writeSafetensors,
 } from "./safetensors.ts";
 import type { Tensor } from "./tensor.ts";
@@ -64,6 +65,21 @@ export async function saveCheckpoint(
     meta.optimizer = JSON.stringify(state.hyper);
   }
   await writeSafetensors(path, tensors, meta);
+}
+
+/**
+ * Writes host tensors as a checkpoint with no optimiser state, atomically:
+ * a model read from elsewhere (a PyTorch file, say) in this format.
+ */
+export async function saveTensorCheckpoint(
+  path: string,
+  model: TensorEntries,
+  metadata: object = {},
+): Promise<void> {
+  await writeSafetensors(path, model, {
+    format: FORMAT,
+    metadata: JSON.stringify(metadata),
+  });
 }
 
 /**

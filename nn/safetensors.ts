@@ -260,8 +260,15 @@ function halfToFloatBits(): Uint32Array {
   return table;
 }
 
-/** Converts one tensor's little-endian bytes (an own copy) to float32. */
-function toFloat32(dtype: string, raw: Uint8Array<ArrayBuffer>): Float32Array {
+/**
+ * Converts one tensor's little-endian bytes (an own copy, whose buffer the
+ * result may take over) of a safetensors dtype (F32, F16, BF16, F64, I64,
+ * I32) to float32.
+ */
+export function toFloat32(
+  dtype: string,
+  raw: Uint8Array<ArrayBuffer>,
+): Float32Array {
   const buffer = raw.buffer;
   const view = new DataView(buffer);
   switch (dtype) {

@@ -47,7 +47,7 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
     kind: "string",
     meta: "CKPT",
     help:
-      "backbone weights: a pretrain checkpoint (its student encoder) or a torchvision-named ResNet safetensors",
+      "backbone weights: a pretrain checkpoint (its student encoder), the official MEC code's checkpoint_NNNN.pth.tar, or a torchvision ResNet (.pth or safetensors)",
   },
   flag("arch", "backbone (default: the checkpoint's, else resnet50)"),
   flag("width", "base width (default: the checkpoint's, else 64)"),
