@@ -96,5 +96,5 @@ export {
   fashionMnist,
   type FashionMnistOptions,
 } from "./fashion-mnist.ts";
-export { type HeldOut, holdOut, Subset } from "./splits.ts";
+export { firstPerClass, type HeldOut, holdOut, Subset } from "./splits.ts";
 export { DummyDataset, type DummyDatasetOptions } from "./dummy.ts";

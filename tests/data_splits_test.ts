@@ -2,6 +2,7 @@ import {
   ArrayDataset,
   BUILTIN_FASHION_MNIST,
   fashionMnist,
+  firstPerClass,
   holdOut,
   Subset,
 } from "../mod.ts";
@@ -38,8 +39,30 @@ Deno.test("Subset and holdOut() refuse windows outside the dataset", () => {
     channels: 1,
     classes: ["a", "b"],
   });
-  assert.deepEqual(Array.from(new Subset(d, 1, 3).labels()), [1, 0, 1]);
-  assertThrows(() => new Subset(d, 2, 3), /samples 2\.\.4 are not inside/);
+  assert.deepEqual(Array.from(Subset.range(d, 1, 3).labels()), [1, 0, 1]);
+  assertThrows(() => Subset.range(d, 2, 3), /samples 2\.\.4 are not inside/);
+  assertThrows(() => new Subset(d, [0, 4]), /sample index 4 is outside/);
+  assertThrows(() => new Subset(d, []), /no samples were chosen/);
   assertThrows(() => holdOut(d, 4), /must leave some of the dataset's 4/);
   assertThrows(() => holdOut(d, 0), /validation split of 0 samples/);
+});
+
+Deno.test("firstPerClass() keeps the first N of each class in order, and all of a smaller class", () => {
+  const labels = [0, 0, 1, 0, 2, 1, 1, 0, 1];
+  const d = new ArrayDataset({
+    pixels: Uint8Array.from({ length: labels.length }, (_, i) => i),
+    labels,
+    width: 1,
+    height: 1,
+    channels: 1,
+    classes: ["a", "b", "c"],
+  });
+  const picked = firstPerClass(d, 2);
+  assert.deepEqual(
+    Array.from({ length: picked.length }, (_, i) => picked.parentIndex(i)),
+    [0, 1, 2, 4, 5],
+  );
+  assert.deepEqual(Array.from(picked.labels()), [0, 0, 1, 2, 1]);
+  assert.equal(picked.name(3), "sample[4]");
+  assertThrows(() => firstPerClass(d, 0), /not a whole number of at least 1/);
 });

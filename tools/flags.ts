@@ -214,6 +214,8 @@ export function parseFlags(
       args: [...args],
       options,
       allowPositionals: true,
+      // --no-knn turns off a switch that a default (the demo's) turned on.
+      allowNegative: true,
       strict: true,
     });
   } catch (e) {

@@ -25,7 +25,7 @@
  */
 
 import { join, resolve } from "node:path";
-import { type Dataset, fashionMnist, imageFolder, LARS, SGD } from "../mod.ts";
+import { type Dataset, imageFolder, LARS, SGD } from "../mod.ts";
 import {
   capWorkers,
   exists,
@@ -34,7 +34,12 @@ import {
   runMain,
   UsageError,
 } from "./cli.ts";
-import { DEMO_PRETRAIN, DEMO_PROBE } from "./demo.ts";
+import {
+  DEMO_PRETRAIN,
+  DEMO_PROBE,
+  DEMO_VALIDATION,
+  demoSplits,
+} from "./demo.ts";
 import { helpText, parseCommand, recordedSettings } from "./flags.ts";
 import {
   ARCH_FLAGS,
@@ -66,7 +71,7 @@ import {
   snapshotState,
 } from "./probe.ts";
 import { AugmentedFeatures, CachedFeatures, CHUNK } from "./probe_features.ts";
-import { trainProbe } from "./probe_loop.ts";
+import { type ProbeOutcome, trainProbe } from "./probe_loop.ts";
 import { JsonLog } from "./progress.ts";
 import { inspectRunFolder, LINCLS_FILES, startRun } from "./run_folder.ts";
 
@@ -244,13 +249,13 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     : `${describeArch(args)} from ${pretrained}`;
   if (demo) {
     console.log(
-      `Demo: no DATA_DIR given, so the linear probe of ${what} trains on the built-in Fashion-MNIST's train split and is evaluated on its test split; results go to ${args.out}.`,
+      `Demo: no DATA_DIR given, so the linear probe of ${what} trains on the built-in Fashion-MNIST's first 8,000 training images, is validated after each epoch on the last ${DEMO_VALIDATION}, and its final epoch is measured once on the test split; results go to ${args.out}.`,
     );
   } else {
     console.log(`Linear probe of ${what}.`);
   }
 
-  const [train, val] = await openData(args, demo);
+  const [train, val, test] = await openData(args, demo);
   checkProbeMemory(args, train.length, deviceName);
   const probe = buildProbe(args, train.classes.length);
   if (probeCkpt !== null) {
@@ -293,13 +298,16 @@ export async function lincls(argv: readonly string[]): Promise<number> {
   }
 
   const feeder = args.cacheFeatures
-    ? await CachedFeatures.extract(probe, train, val, args)
-    : new AugmentedFeatures(probe, train, val, args);
+    ? await CachedFeatures.extract(probe, train, val, args, test)
+    : new AugmentedFeatures(probe, train, val, args, test);
 
   if (given.evaluate !== undefined) {
-    const [acc1, acc5] = await evaluate(probe, feeder);
+    const split = feeder.hasTest ? "test" : "val";
+    const [acc1, acc5] = await evaluate(probe, feeder, split);
     const k = Math.min(5, train.classes.length);
-    console.log(` * Acc@1 ${acc1.toFixed(3)} Acc@${k} ${acc5.toFixed(3)}`);
+    console.log(
+      ` * Acc@1 ${acc1.toFixed(3)} Acc@${k} ${acc5.toFixed(3)} (${split})`,
+    );
     assertFrozen(frozen, probe.net);
     return EXIT.ok;
   }
@@ -314,7 +322,7 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     valSamples: val.length,
     featureDim: probe.featureDim,
   });
-  const best = await trainProbe({
+  const outcome = await trainProbe({
     args,
     backend,
     probe,
@@ -325,13 +333,50 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     startEpoch,
     bestAcc1,
   });
-  console.log(
-    `Best Acc@1 ${
-      best.toFixed(3)
-    }; the backbone is unchanged; probes in ${args.out}.`,
-  );
+  const k5 = Math.min(5, train.classes.length);
+  let testAcc: [number, number] | null = null;
+  if (feeder.hasTest) {
+    testAcc = await evaluate(probe, feeder, "test");
+    assertFrozen(frozen, probe.net);
+    log.write({
+      event: "test",
+      epoch: outcome.lastEpoch,
+      acc1: testAcc[0],
+      [`acc${k5}`]: testAcc[1],
+    });
+  }
+  console.log(finalReport(outcome, testAcc, k5, args.out));
   await feeder.close();
   return EXIT.ok;
+}
+
+/**
+ * The closing lines: the final epoch's figures first (the test split's,
+ * measured once, where there is one), then the best epoch, labelled with
+ * the split that chose it.
+ */
+export function finalReport(
+  o: ProbeOutcome,
+  test: [number, number] | null,
+  k5: number,
+  out: string,
+): string {
+  const f = (v: number) => v.toFixed(3);
+  const lines = [
+    test === null
+      ? `Final probe (epoch ${o.lastEpoch}): val Acc@1 ${
+        f(o.lastAcc1)
+      } Acc@${k5} ${f(o.lastAcc5)}.`
+      : `Final probe (epoch ${o.lastEpoch}): test Acc@1 ${
+        f(test[0])
+      } Acc@${k5} ${f(test[1])} (val Acc@1 ${f(o.lastAcc1)}).`,
+    `Best epoch by val Acc@1: ${
+      o.bestEpoch === null ? "an earlier run's" : `epoch ${o.bestEpoch}`
+    }, ${f(o.bestAcc1)} (chosen on val, so ${
+      test === null ? "optimistic as a measure" : "not a test figure"
+    }); the backbone is unchanged; probes in ${out}.`,
+  ];
+  return lines.join("\n");
 }
 
 /** The newest epoch checkpoint of the demo pretraining. */
@@ -355,12 +400,14 @@ async function latestDemoCheckpoint(): Promise<string> {
   return join(dir, best);
 }
 
+/** Train, val and (the demo's) test split. */
 async function openData(
   args: LinclsArgs,
   demo: boolean,
-): Promise<[Dataset, Dataset]> {
+): Promise<[Dataset, Dataset, Dataset | null]> {
   if (demo) {
-    return [await fashionMnist("train"), await fashionMnist("test")];
+    const splits = await demoSplits();
+    return [splits.train, splits.val, splits.test];
   }
   const root = resolve(args.data!);
   const out: Dataset[] = [];
@@ -372,7 +419,7 @@ async function openData(
       `The train and val folders of ${root} have different classes.`,
     );
   }
-  return [out[0], out[1]];
+  return [out[0], out[1], null];
 }
 
 /** DATA_DIR/train and DATA_DIR/val, or one sentence saying what is missing. */

@@ -29,11 +29,10 @@
 
 import { join, resolve } from "node:path";
 import {
-  BUILTIN_FASHION_MNIST,
   DataLoader,
   type Dataset,
   DummyDataset,
-  fashionMnist,
+  firstPerClass,
   Generator,
   imageFolder,
   MEC,
@@ -48,8 +47,9 @@ import {
   runMain,
   UsageError,
 } from "./cli.ts";
-import { DEMO_PRETRAIN } from "./demo.ts";
+import { DEMO_PRETRAIN, DEMO_VALIDATION, demoSplits } from "./demo.ts";
 import { helpText, parseCommand } from "./flags.ts";
+import { KnnMonitor } from "./knn_monitor.ts";
 import { checkMemory, resnetCost, trainingMemory } from "./memory.ts";
 import { describeArch, loadInto, readCheckpoint } from "./models.ts";
 import {
@@ -184,7 +184,10 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
   );
   // The data folder is there (listing it may take a while), before the run
   // folder is looked at.
-  if (!demo && !args.dummy) await trainFolder(args.data!);
+  if (!demo && !args.dummy) {
+    await trainFolder(args.data!);
+    if (args.knn) await valFolder(args.data!);
+  }
   const folder = await inspectRunFolder(args.out, PRETRAIN_FILES, {
     resume: resumed !== null,
     // Running the demo again replaces the last demo run in its own folder.
@@ -199,11 +202,12 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     console.log(
       `Demo: no DATA_DIR given, so MEC pretrains a ${
         describeArch(args)
-      } on the built-in Fashion-MNIST's first 10,000 training images at ${args.imageSize} px for ${args.epochs} epochs (about 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
+      } on the built-in Fashion-MNIST's first 8,000 training images (the last ${DEMO_VALIDATION} are held out for validation) at ${args.imageSize} px for ${args.epochs} epochs (about 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
     );
   }
 
-  let dataset = await openDataset(args, demo);
+  const { dataset: trainSet, monitor } = await openData(args, demo);
+  let dataset = trainSet;
   const slow = Number(Deno.env.get("MEC_TEST_SLOW_DATA_MS") ?? 0);
   if (slow > 0) dataset = new SlowDataset(dataset, slow);
   const views = pretrainViews(args.imageSize);
@@ -281,6 +285,13 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
       position.batch > 0 ? `, batch ${position.batch}` : ""
     }.`,
   );
+  if (monitor !== null) {
+    console.log(
+      `kNN monitor: the teacher's backbone in eval mode, ${monitor.describe()}, at each epoch end${
+        args.knnEvery > 0 ? ` and every ${args.knnEvery} iterations` : ""
+      }.`,
+    );
+  }
 
   const result = await train(
     args,
@@ -291,20 +302,41 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     position,
     log,
     interrupt,
+    monitor,
   );
   return result;
 }
 
-/** DATA_DIR/train, the dummy set or the built-in Fashion-MNIST. */
-async function openDataset(
+/**
+ * The images to pretrain on (DATA_DIR/train, the dummy set or the demo's
+ * training split) and, with --knn, the kNN monitor: a bank of the first
+ * images of each class of the same training images, queries from
+ * DATA_DIR/val or the demo's validation split.
+ */
+async function openData(
   args: PretrainArgs,
   demo: boolean,
-): Promise<Dataset> {
-  if (args.dummy) return new DummyDataset({ seed: args.seed });
-  // The built-in 10,000-image subset even where Debian's full set is
-  // installed: the demo's length and result then do not depend on it.
-  if (demo) return await fashionMnist("train", { root: BUILTIN_FASHION_MNIST });
-  return await imageFolder(await trainFolder(args.data!));
+): Promise<{ dataset: Dataset; monitor: KnnMonitor | null }> {
+  if (args.dummy) {
+    return { dataset: new DummyDataset({ seed: args.seed }), monitor: null };
+  }
+  let dataset: Dataset;
+  let val: Dataset | null = null;
+  if (demo) {
+    const splits = await demoSplits();
+    dataset = splits.train;
+    if (args.knn) val = splits.val;
+  } else {
+    dataset = await imageFolder(await trainFolder(args.data!));
+    if (args.knn) val = await imageFolder(await valFolder(args.data!));
+  }
+  const monitor = val === null ? null : new KnnMonitor(
+    firstPerClass(dataset, args.knnBank, "knn-bank"),
+    firstPerClass(val, args.knnQueries, "knn-queries"),
+    args.imageSize,
+    args.workers,
+  );
+  return { dataset, monitor };
 }
 
 /** DATA_DIR/train, or one sentence saying what is missing. */
@@ -322,6 +354,20 @@ async function trainFolder(data: string): Promise<string> {
     );
   }
   return train;
+}
+
+/** DATA_DIR/val for the kNN monitor's queries, or one sentence. */
+async function valFolder(data: string): Promise<string> {
+  const root = resolve(data);
+  const val = join(root, "val");
+  if (!await exists(val)) {
+    throw new UsageError(
+      `--knn needs held-out queries, but the data folder ${root} has no val sub-folder: expected ${
+        join(val, "<class>", "<image>.jpg")
+      }.`,
+    );
+  }
+  return val;
 }
 
 if (import.meta.main) runMain(() => pretrain(Deno.args));

@@ -43,6 +43,14 @@ export interface PretrainArgs {
   smallStem: boolean;
   width: number;
   maxIters: number | null;
+  /** The online kNN monitor (tools/knn_monitor.ts): on or off. */
+  knn: boolean;
+  /** Also measure every N iterations (0: at epoch ends only). */
+  knnEvery: number;
+  /** Memory bank: the first N training images of each class. */
+  knnBank: number;
+  /** Queries: the first N validation images of each class. */
+  knnQueries: number;
 }
 
 /** The flag table: names and meaning as in `main_pretrain.py`. */
@@ -120,6 +128,32 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     min: 1,
     help: "stop after N iterations, without a checkpoint (for timing)",
   },
+  {
+    name: "knn",
+    kind: "bool",
+    help:
+      "online weighted kNN top-1 of the teacher's backbone at each epoch end: bank from DATA_DIR/train, queries from DATA_DIR/val (default on in the demo; --no-knn turns it off)",
+  },
+  {
+    name: "knn-every",
+    kind: "int",
+    min: 0,
+    help: "also measure kNN every N iterations (default 0: epoch ends only)",
+  },
+  {
+    name: "knn-bank",
+    kind: "int",
+    min: 1,
+    help:
+      "kNN memory bank: the first N training images of each class (default 20)",
+  },
+  {
+    name: "knn-queries",
+    kind: "int",
+    min: 1,
+    help:
+      "kNN queries: the first N validation images of each class (default 10)",
+  },
   flag("help"),
 ];
 
@@ -155,6 +189,12 @@ export const PAPER: PretrainDefaults = {
   imageSize: 224,
   smallStem: false,
   width: 64,
+  // Off with a DATA_DIR: the monitor needs a val folder, and on ImageNet
+  // 20 + 10 images of each class cost about 1/40 of an epoch.
+  knn: false,
+  knnEvery: 0,
+  knnBank: 20,
+  knnQueries: 10,
 };
 
 export const USAGE = "deno task pretrain [DATA_DIR] [flags]";
@@ -242,6 +282,16 @@ export function checkCombination(args: PretrainArgs): void {
   if (args.startEpoch >= args.epochs) {
     throw new UsageError(
       `--start-epoch (${args.startEpoch}) must be below --epochs (${args.epochs}), or there is nothing to train.`,
+    );
+  }
+  if (!args.knn && args.knnEvery > 0) {
+    throw new UsageError(
+      `--knn-every ${args.knnEvery} needs the kNN monitor: add --knn.`,
+    );
+  }
+  if (args.knn && args.dummy) {
+    throw new UsageError(
+      "--knn cannot be combined with --dummy: random images have no classes to recognise.",
     );
   }
 }

@@ -26,6 +26,7 @@ import {
   unreadableFiles,
 } from "../mod.ts";
 import { EXIT, type Interrupt } from "./cli.ts";
+import type { KnnMonitor } from "./knn_monitor.ts";
 import type { PretrainArgs, PretrainMetadata } from "./pretrain_args.ts";
 import {
   fmt,
@@ -52,6 +53,7 @@ export async function train(
   position: Position,
   log: JsonLog,
   interrupt: Interrupt,
+  monitor: KnnMonitor | null = null,
 ): Promise<number> {
   const itersPerEpoch = loader.length;
   const shape = {
@@ -68,6 +70,28 @@ export async function train(
     ? total
     : Math.min(total, first + args.maxIters);
   let steps = 0;
+  // The latest kNN top-1, shown in the progress lines after the first.
+  const knn: { top1: number | null } = { top1: null };
+
+  /** The monitor's measurement after `done` iterations, printed and logged. */
+  const measureKnn = async (epoch: number, done: number, when: string) => {
+    const r = await monitor!.measure(model.teacher);
+    knn.top1 = r.acc1;
+    console.log(
+      ` * kNN top-1 ${r.acc1.toFixed(2)} % ${when} (${r.seconds.toFixed(1)} s)`,
+    );
+    log.write({
+      event: "knn",
+      epoch,
+      iteration: done,
+      acc1: r.acc1,
+      k: monitor!.k,
+      temperature: monitor!.temperature,
+      bank: monitor!.bank.length,
+      queries: monitor!.queries.length,
+      seconds: r.seconds,
+    });
+  };
 
   const save = async (epoch: number, batch: number, name: string) => {
     const path = join(args.out, name);
@@ -186,9 +210,21 @@ export async function train(
           `Loss ${fmt(result.loss)}`,
           `MEC ${fmt(result.mec)}`,
           `lr ${fmt(lrNow)}`,
+          ...(knn.top1 === null ? [] : [`kNN ${knn.top1.toFixed(2)}`]),
           `${imagesPerSecond.toFixed(1)} img/s`,
           `ETA ${formatDuration(remaining)}`,
         ]));
+      }
+      // Every --knn-every iterations, except where an epoch's end measures.
+      if (
+        monitor !== null && args.knnEvery > 0 &&
+        (iteration + 1) % args.knnEvery === 0 &&
+        nextBatch < itersPerEpoch && !interrupt.requested &&
+        iteration + 1 < last
+      ) {
+        await measureKnn(epoch, iteration + 1, `at iteration ${iteration + 1}`);
+        // The measurement is not the next step's data wait.
+        mark = performance.now();
       }
       if (interrupt.requested) {
         stopped = "interrupt";
@@ -229,6 +265,13 @@ export async function train(
         unreadable: unreadableFiles(summary),
         timing: summary.timing,
       });
+    }
+    if (monitor !== null) {
+      await measureKnn(
+        epoch,
+        (epoch + 1) * itersPerEpoch,
+        `after epoch ${epoch}`,
+      );
     }
     const path = await save(
       epoch + 1,

@@ -23,7 +23,7 @@ import {
   type Tensor,
 } from "../mod.ts";
 import type { LinclsArgs } from "./lincls_args.ts";
-import type { Feeder } from "./probe_features.ts";
+import type { EvalSplit, Feeder } from "./probe_features.ts";
 
 /**
  * BatchNorm1d(features, affine=False, eps=1e-6) then Linear(features,
@@ -178,16 +178,17 @@ export function buildProbe(args: LinclsArgs, classes: number): Probe {
   );
 }
 
-/** Top-1 and top-5 (or top-k for fewer classes) in percent on the validation split. */
+/** Top-1 and top-5 (or top-k for fewer classes) in percent on a split. */
 export async function evaluate(
   probe: Probe,
   feeder: Feeder,
+  split: EvalSplit = "val",
 ): Promise<[number, number]> {
   probe.head.eval();
   let n = 0;
   let c1 = 0;
   let c5 = 0;
-  for await (const { x, labels } of feeder.valChunks()) {
+  for await (const { x, labels } of feeder.evalChunks(split)) {
     const [a1, a5] = noGrad(() =>
       scope(() =>
         accuracy(probe.head.forward(x), labels, [1, Math.min(5, probe.classes)])

@@ -20,12 +20,22 @@ import type { LinclsArgs } from "./lincls_args.ts";
 import type { Probe } from "./probe.ts";
 import { probeEvalViewFor, probeTrainViewFor } from "./views.ts";
 
+/**
+ * The splits a probe is evaluated on: "val" after every epoch (it chooses
+ * the best epoch), "test" once at the end where there is one (the demo).
+ */
+export type EvalSplit = "val" | "test";
+
 /** Training batches (features on the device) and evaluation features. */
 export interface Feeder {
   trainBatches(): number;
   trainEpoch(epoch: number): AsyncGenerator<{ x: Tensor; labels: Int32Array }>;
-  /** Validation features in chunks, with labels. */
-  valChunks(): AsyncGenerator<{ x: Tensor; labels: Int32Array }>;
+  /** Whether a test split was given. */
+  readonly hasTest: boolean;
+  /** The features of an evaluation split in chunks, with labels. */
+  evalChunks(
+    split: EvalSplit,
+  ): AsyncGenerator<{ x: Tensor; labels: Int32Array }>;
   close(): Promise<void>;
 }
 
@@ -61,13 +71,14 @@ async function* featureBatches(
 /** The official way: augmented views through the frozen backbone every step. */
 export class AugmentedFeatures implements Feeder {
   #train: DataLoader;
-  #val: DataLoader;
+  #eval: Map<EvalSplit, DataLoader>;
 
   constructor(
     readonly probe: Probe,
     train: Dataset,
     val: Dataset,
     readonly args: LinclsArgs,
+    test: Dataset | null = null,
   ) {
     this.#train = new DataLoader({
       dataset: train,
@@ -77,15 +88,22 @@ export class AugmentedFeatures implements Feeder {
       workers: args.workers,
       dropLast: false,
     });
-    this.#val = new DataLoader({
-      dataset: val,
-      views: [probeEvalViewFor(args.imageSize)],
-      batchSize: CHUNK,
-      seed: args.seed,
-      workers: args.workers,
-      shuffle: false,
-      dropLast: false,
-    });
+    const evalLoader = (dataset: Dataset) =>
+      new DataLoader({
+        dataset,
+        views: [probeEvalViewFor(args.imageSize)],
+        batchSize: CHUNK,
+        seed: args.seed,
+        workers: args.workers,
+        shuffle: false,
+        dropLast: false,
+      });
+    this.#eval = new Map([["val", evalLoader(val)]]);
+    if (test !== null) this.#eval.set("test", evalLoader(test));
+  }
+
+  get hasTest(): boolean {
+    return this.#eval.has("test");
   }
 
   trainBatches(): number {
@@ -103,8 +121,10 @@ export class AugmentedFeatures implements Feeder {
     }
   }
 
-  async *valChunks() {
-    for await (const b of featureBatches(this.probe, this.#val, 0)) {
+  async *evalChunks(split: EvalSplit) {
+    const loader = this.#eval.get(split);
+    if (loader === undefined) throw new Error(`No ${split} split was given.`);
+    for await (const b of featureBatches(this.probe, loader, 0)) {
       yield {
         x: tensor(b.features, [b.labels.length, this.probe.featureDim]),
         labels: b.labels,
@@ -114,7 +134,7 @@ export class AugmentedFeatures implements Feeder {
 
   async close(): Promise<void> {
     await this.#train.close();
-    await this.#val.close();
+    for (const loader of this.#eval.values()) await loader.close();
   }
 }
 
@@ -125,7 +145,10 @@ export class CachedFeatures implements Feeder {
     readonly batchSize: number,
     readonly seed: number,
     readonly train: { features: Float32Array; labels: Int32Array },
-    readonly val: { features: Float32Array; labels: Int32Array },
+    readonly evals: Map<
+      EvalSplit,
+      { features: Float32Array; labels: Int32Array }
+    >,
   ) {}
 
   static async extract(
@@ -133,6 +156,7 @@ export class CachedFeatures implements Feeder {
     train: Dataset,
     val: Dataset,
     args: LinclsArgs,
+    test: Dataset | null = null,
   ): Promise<CachedFeatures> {
     const view = probeEvalViewFor(args.imageSize);
     const all = async (dataset: Dataset, name: string) => {
@@ -165,13 +189,20 @@ export class CachedFeatures implements Feeder {
       }
       return { features, labels };
     };
+    const trainFeatures = await all(train, "train");
+    const evals = new Map([["val" as EvalSplit, await all(val, "val")]]);
+    if (test !== null) evals.set("test", await all(test, "test"));
     return new CachedFeatures(
       probe.featureDim,
       args.batchSize,
       args.seed,
-      await all(train, "train"),
-      await all(val, "val"),
+      trainFeatures,
+      evals,
     );
+  }
+
+  get hasTest(): boolean {
+    return this.evals.has("test");
   }
 
   trainBatches(): number {
@@ -200,20 +231,22 @@ export class CachedFeatures implements Feeder {
     }
   }
 
-  async *valChunks() {
-    const n = this.val.labels.length;
+  async *evalChunks(split: EvalSplit) {
+    const features = this.evals.get(split);
+    if (features === undefined) throw new Error(`No ${split} split was given.`);
+    const n = features.labels.length;
     for (let start = 0; start < n; start += CHUNK) {
       const rows = Math.min(CHUNK, n - start);
       yield {
         x: tensor(
-          this.val.features.subarray(
+          features.features.subarray(
             start * this.dim,
             (start + rows) * this.dim,
           )
             .slice(),
           [rows, this.dim],
         ),
-        labels: this.val.labels.subarray(start, start + rows),
+        labels: features.labels.subarray(start, start + rows),
       };
     }
   }

@@ -36,12 +36,25 @@ export interface ProbeRun {
   bestAcc1: number;
 }
 
-/** Trains the head from `startEpoch` to `args.epochs`; returns the best top-1. */
-export async function trainProbe(run: ProbeRun): Promise<number> {
+/** How the probe ended: its final epoch, and the best by validation top-1. */
+export interface ProbeOutcome {
+  /** The last epoch trained, and its validation top-1 and top-5. */
+  lastEpoch: number;
+  lastAcc1: number;
+  lastAcc5: number;
+  /** The best validation top-1, and the epoch of this run that had it (null: an earlier run's). */
+  bestAcc1: number;
+  bestEpoch: number | null;
+}
+
+/** Trains the head from `startEpoch` to `args.epochs`. */
+export async function trainProbe(run: ProbeRun): Promise<ProbeOutcome> {
   const { args, backend, probe, optimizer, feeder, frozen, log } = run;
   const initLr = args.lr * args.batchSize / 256;
   const k5 = Math.min(5, probe.classes);
   let bestAcc1 = run.bestAcc1;
+  let bestEpoch: number | null = null;
+  let last = { epoch: run.startEpoch - 1, acc1: NaN, acc5: NaN };
   for (let epoch = run.startEpoch; epoch < args.epochs; epoch++) {
     // main_lincls.py's adjust_learning_rate: a half-cosine over the epochs.
     optimizer.lr = initLr * 0.5 * (1 + Math.cos(Math.PI * epoch / args.epochs));
@@ -86,11 +99,13 @@ export async function trainProbe(run: ProbeRun): Promise<number> {
     assertFrozen(frozen, probe.net);
     const [acc1, acc5] = await evaluate(probe, feeder);
     const isBest = acc1 > bestAcc1;
+    if (isBest) bestEpoch = epoch;
     bestAcc1 = Math.max(acc1, bestAcc1);
+    last = { epoch, acc1, acc5 };
     console.log(
       ` * Epoch ${epoch}: Acc@1 ${acc1.toFixed(3)} Acc@${k5} ${
         acc5.toFixed(3)
-      } (best Acc@1 ${bestAcc1.toFixed(3)})`,
+      } (best Acc@1 ${bestAcc1.toFixed(3)}; val)`,
     );
     log.write({
       event: "eval",
@@ -117,5 +132,11 @@ export async function trainProbe(run: ProbeRun): Promise<number> {
     if (isBest) await save("probe_best.safetensors");
   }
   assertFrozen(frozen, probe.net);
-  return bestAcc1;
+  return {
+    lastEpoch: last.epoch,
+    lastAcc1: last.acc1,
+    lastAcc5: last.acc5,
+    bestAcc1,
+    bestEpoch,
+  };
 }
