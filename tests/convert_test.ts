@@ -89,8 +89,39 @@ const tmp = await Deno.makeTempDir({ prefix: "mec_convert_" });
 globalThis.addEventListener("unload", () => {
   Deno.removeSync(tmp, { recursive: true });
 });
+/** DATA/{train,val}/{a,b}/*.jpg with four real JPEGs per class. */
+const data = join(tmp, "data");
+for (const split of ["train", "val"]) {
+  for (const [i, file] of JPEGS.entries()) {
+    const dir = join(data, split, i % 2 === 0 ? "a" : "b");
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.copyFile(join(FIXTURES, file), join(dir, `img${i}.jpg`));
+  }
+}
+/** A one-epoch probe of `pretrained` on `data`; its output. */
+async function probe(pretrained: string, out: string): Promise<Run> {
+  const r = await tool("lincls", [
+    data,
+    "--pretrained",
+    pretrained,
+    "--image-size",
+    "32",
+    "-b",
+    "4",
+    "--epochs",
+    "1",
+    "-j",
+    "0",
+    "--out",
+    join(tmp, out),
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /\* Epoch 0: Acc@1 \d+\.\d{3}/);
+  assert.match(r.stdout, /the backbone is unchanged/);
+  return r;
+}
 
-Deno.test("convert keeps every tensor bit for bit and records the architecture; lincls needs no flags for the result", async () => {
+Deno.test("convert keeps every tensor bit for bit and records the architecture; lincls needs no flags for it or for the torchvision export", async () => {
   const out = join(tmp, "converted.safetensors");
   const r = await tool("convert", [OFFICIAL, out]);
   assert.equal(r.code, 0, r.stderr);
@@ -117,6 +148,21 @@ Deno.test("convert keeps every tensor bit for bit and records the architecture; 
     );
   }
 
+  // The recorded architecture, and a torchvision export's from its tensors.
+  assert.match(
+    (await probe(out, "probe_converted")).stdout,
+    /Linear probe of resnet18 \(width 2\) from .+converted\.safetensors\./,
+  );
+  const tv = join(tmp, "tv.safetensors");
+  assert.equal(
+    (await tool("convert", [OFFICIAL, "--torchvision", tv])).code,
+    0,
+  );
+  assert.match(
+    (await probe(tv, "probe_tv")).stdout,
+    /Linear probe of resnet18 \(width 2\) from .+tv\.safetensors\./,
+  );
+
   const again = await tool("convert", [OFFICIAL, out]);
   assertOneSentence(
     again,
@@ -131,36 +177,11 @@ Deno.test("convert keeps every tensor bit for bit and records the architecture; 
 });
 
 Deno.test("lincls probes the official .pth.tar directly, and refuses a forbidden global and a wrong --arch in one sentence", async () => {
-  const data = join(tmp, "data");
-  for (const split of ["train", "val"]) {
-    for (const [i, file] of JPEGS.entries()) {
-      const dir = join(data, split, i % 2 === 0 ? "a" : "b");
-      await Deno.mkdir(dir, { recursive: true });
-      await Deno.copyFile(join(FIXTURES, file), join(dir, `img${i}.jpg`));
-    }
-  }
-  const r = await tool("lincls", [
-    data,
-    "--pretrained",
-    OFFICIAL,
-    "--image-size",
-    "32",
-    "-b",
-    "4",
-    "--epochs",
-    "1",
-    "-j",
-    "0",
-    "--out",
-    join(tmp, "probe"),
-  ]);
-  assert.equal(r.code, 0, r.stderr);
+  const r = await probe(OFFICIAL, "probe");
   assert.match(
     r.stdout,
     /Linear probe of resnet18 \(width 2\) from .+mec_resnet18\.pth\.tar\./,
   );
-  assert.match(r.stdout, /\* Epoch 0: Acc@1 \d+\.\d{3}/);
-  assert.match(r.stdout, /the backbone is unchanged/);
 
   const common = [data, "--epochs", "1", "-j", "0", "--out", join(tmp, "bad")];
   assertOneSentence(
