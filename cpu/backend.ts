@@ -1,7 +1,9 @@
 /**
  * The CPU backend: OpenBLAS for matrix products and convolutions (through
- * im2col, or oneDNN where installed and faster), TypeScript kernels for the
- * rest, host memory from a caching allocator.
+ * im2col, or oneDNN where installed and faster), oneDNN's primitives for
+ * batch norm and sums where installed, TypeScript kernels for the
+ * rest (and as the fallback and reference of those), host memory from a
+ * caching allocator.
  *
  * @module
  */
@@ -47,6 +49,7 @@ import * as bn from "./batchnorm.ts";
 import * as conv from "./conv.ts";
 import { dnnl, tryDnnl } from "./dnnl.ts";
 import { convKey, type ConvOp, DnnlConvolutions } from "./dnnl_conv.ts";
+import { DnnlOps } from "./dnnl_ops.ts";
 import * as ew from "./elementwise.ts";
 import * as pool from "./pool.ts";
 import * as optim from "./optim.ts";
@@ -101,6 +104,17 @@ function convMode(): ConvMode {
   throw new Error(`MEC_CONV must be auto, im2col or dnnl, got "${mode}"`);
 }
 
+/**
+ * `MEC_KERNELS`: unset or "dnnl", batch norm and same-shape sums on
+ * oneDNN where it is installed; "ts", on the TypeScript kernels always.
+ */
+function kernelMode(): "dnnl" | "ts" {
+  const mode = Deno.env.get("MEC_KERNELS");
+  if (mode === undefined || mode === "" || mode === "dnnl") return "dnnl";
+  if (mode === "ts") return "ts";
+  throw new Error(`MEC_KERNELS must be dnnl or ts, got "${mode}"`);
+}
+
 export class CpuBackend implements Backend {
   readonly name = "cpu";
   #allocator = new CachingAllocator();
@@ -110,6 +124,8 @@ export class CpuBackend implements Backend {
   /** oneDNN convolutions; null when not used; undefined until first asked. */
   #dnnl: DnnlConvolutions | null | undefined;
   #convMode: ConvMode = "default";
+  /** oneDNN's memory-bound primitives; null when not used. */
+  #ops: DnnlOps | null | undefined;
   /** The implementation chosen per op and shape. */
   #convChoices = new Map<string, "im2col" | "dnnl">();
 
@@ -253,6 +269,20 @@ export class CpuBackend implements Backend {
     return `oneDNN ${this.#dnnlConvolutions()!.implementation(op, d)}`;
   }
 
+  /** oneDNN's batch norm and sums unless disabled or not installed. */
+  /** oneDNN primitives in use, for the bench and tests. */
+  get dnnlOps(): DnnlOps | null {
+    return this.#dnnlOps();
+  }
+
+  #dnnlOps(): DnnlOps | null {
+    if (this.#ops === undefined) {
+      const lib = kernelMode() === "ts" ? null : tryDnnl();
+      this.#ops = lib && new DnnlOps(lib, this.#scratchFn);
+    }
+    return this.#ops;
+  }
+
   /** oneDNN's convolutions unless disabled or not installed. */
   #dnnlConvolutions(): DnnlConvolutions | null {
     if (this.#dnnl === undefined) {
@@ -319,32 +349,56 @@ export class CpuBackend implements Backend {
   }
 
   batchNormForwardTraining(a: BatchNormForwardTrainingArgs): void {
-    bn.batchNormForwardTraining(
-      host(a.x),
-      host(a.y),
-      hostOrNull(a.scale),
-      hostOrNull(a.bias),
-      hostOrNull(a.runningMean),
-      hostOrNull(a.runningVar),
-      host(a.saveMean),
-      host(a.saveInvStd),
-      a.desc,
-    );
+    const ops = this.#dnnlOps();
+    (ops
+      ? ops.batchNormForwardTraining.bind(ops)
+      : bn.batchNormForwardTraining)(
+        host(a.x),
+        host(a.y),
+        hostOrNull(a.scale),
+        hostOrNull(a.bias),
+        hostOrNull(a.runningMean),
+        hostOrNull(a.runningVar),
+        host(a.saveMean),
+        host(a.saveInvStd),
+        a.desc,
+      );
   }
 
   batchNormForwardInference(a: BatchNormForwardInferenceArgs): void {
-    bn.batchNormForwardInference(
-      host(a.x),
-      host(a.y),
-      hostOrNull(a.scale),
-      hostOrNull(a.bias),
-      host(a.estimatedMean),
-      host(a.estimatedVariance),
-      a.desc,
-    );
+    const ops = this.#dnnlOps();
+    (ops
+      ? ops.batchNormForwardInference.bind(ops)
+      : bn.batchNormForwardInference)(
+        host(a.x),
+        host(a.y),
+        hostOrNull(a.scale),
+        hostOrNull(a.bias),
+        host(a.estimatedMean),
+        host(a.estimatedVariance),
+        a.desc,
+      );
   }
 
   batchNormBackward(a: BatchNormBackwardArgs): void {
+    const ops = this.#dnnlOps();
+    if (ops) {
+      // oneDNN needs to know whether the forward had a shift: it did when a
+      // gradient of it is asked for; without one, none is computed.
+      ops.batchNormBackward(
+        host(a.x),
+        host(a.dy),
+        host(a.dx),
+        hostOrNull(a.scale),
+        a.dBias !== null,
+        hostOrNull(a.dScale),
+        hostOrNull(a.dBias),
+        host(a.saveMean),
+        host(a.saveInvStd),
+        a.desc,
+      );
+      return;
+    }
     bn.batchNormBackward(
       host(a.x),
       host(a.dy),
@@ -358,6 +412,7 @@ export class CpuBackend implements Backend {
     );
   }
 
+  /** On the TypeScript kernel always: it keeps NaN, as PyTorch's does. */
   reluForward({ x, y, length }: ActivationForwardArgs): void {
     ew.reluForward(host(x), host(y), length);
   }
@@ -375,6 +430,15 @@ export class CpuBackend implements Backend {
   }
 
   opTensor(a: OpTensorArgs): void {
+    const ops = this.#dnnlOps();
+    if (
+      ops && a.op === "add" && a.alpha1 === 1 && a.alpha2 === 1 &&
+      a.beta === 0 && a.bShape.every((d, i) => d === a.shape[i])
+    ) {
+      const [p, q, r] = a.shape;
+      ops.add(host(a.a), host(a.b), host(a.c), p * q * r);
+      return;
+    }
     ew.opTensor(
       a.op,
       a.alpha1,

@@ -2,8 +2,9 @@
  * CBLAS through Deno FFI: OpenBLAS by default, any CBLAS by environment.
  *
  * `MEC_BLAS` names the library file to load (a path or a soname); otherwise
- * the usual OpenBLAS sonames are tried. `MEC_BLAS_THREADS` sets the thread
- * count (OpenBLAS only; other libraries keep their own setting).
+ * the usual OpenBLAS sonames are tried. `MEC_THREADS` sets the thread count
+ * (OpenBLAS only; other libraries keep their own setting), and products
+ * smaller than `SMALL_GEMM` run on one thread (see threads.ts).
  *
  * Buffers are passed as typed arrays ("buffer" arguments): Deno passes their
  * address without copying, and this costs far less per call than building a
@@ -11,6 +12,8 @@
  *
  * @module
  */
+
+import { requestedThreads, SMALL_GEMM } from "./threads.ts";
 
 const symbols = {
   cblas_sgemm: {
@@ -144,9 +147,15 @@ function openBlas(): Blas {
 
 function wrap(lib: Deno.DynamicLibrary<typeof symbols>, path: string): Blas {
   const s = lib.symbols;
+  const setThreads = s.openblas_set_num_threads;
+  /** OpenBLAS's thread count as last set (0: the library cannot say). */
+  let pool = s.openblas_get_num_threads ? s.openblas_get_num_threads() : 0;
   const b: Blas = {
     path,
     sgemm(transA, transB, m, n, k, alpha, a, lda, bb, ldb, beta, c, ldc) {
+      const single = pool > 1 && setThreads !== null &&
+        m * n * k < SMALL_GEMM;
+      if (single) setThreads!(1);
       s.cblas_sgemm(
         ROW_MAJOR,
         transA ? TRANS : NO_TRANS,
@@ -163,28 +172,22 @@ function wrap(lib: Deno.DynamicLibrary<typeof symbols>, path: string): Blas {
         c,
         ldc,
       );
+      if (single) setThreads!(pool);
     },
     sdot(n, x, incx, y, incy) {
       return s.cblas_sdot(n, x, incx, y, incy);
     },
     setThreads(n) {
-      if (!s.openblas_set_num_threads) return false;
-      s.openblas_set_num_threads(n);
+      if (!setThreads) return false;
+      setThreads(n);
+      pool = n;
       return true;
     },
     threads() {
       return s.openblas_get_num_threads ? s.openblas_get_num_threads() : 0;
     },
   };
-  const threads = Deno.env.get("MEC_BLAS_THREADS");
-  if (threads !== undefined) {
-    const n = Number(threads);
-    if (!Number.isInteger(n) || n < 1) {
-      throw new Error(
-        `MEC_BLAS_THREADS must be a positive integer, got "${threads}"`,
-      );
-    }
-    b.setThreads(n);
-  }
+  const threads = requestedThreads();
+  if (threads !== null) b.setThreads(threads);
   return b;
 }

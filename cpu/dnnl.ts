@@ -1,11 +1,12 @@
 /**
  * oneDNN (libdnnl.so.2, the 2.x C API) through Deno FFI: the few calls that
- * convolutions and reorders need. oneDNN is an optional accelerator of the
- * CPU backend's convolutions; without it they run on im2col and OpenBLAS.
+ * convolutions, reorders, batch normalisation and sums need. oneDNN is an
+ * optional accelerator of the CPU backend; without it convolutions run on
+ * im2col and OpenBLAS and the rest on TypeScript kernels.
  *
  * `MEC_DNNL` names the library file to load (a path or a soname); otherwise
- * `libdnnl.so.2` is tried. Its OpenMP thread count follows `MEC_BLAS_THREADS`
- * when that is set.
+ * `libdnnl.so.2` is tried. Its OpenMP thread count follows `MEC_THREADS`
+ * when that is set (see threads.ts).
  *
  * oneDNN's structs are opaque handles except the memory descriptor (696
  * bytes in 2.x) and the operation descriptor (5976 bytes), which oneDNN fills
@@ -14,6 +15,8 @@
  *
  * @module
  */
+
+import { requestedThreads } from "./threads.ts";
 
 const symbols = {
   dnnl_version: { parameters: [], result: "pointer" },
@@ -72,6 +75,18 @@ const symbols = {
     ],
     result: "i32",
   },
+  dnnl_batch_normalization_forward_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "f32", "u32"],
+    result: "i32",
+  },
+  dnnl_batch_normalization_backward_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "f32", "u32"],
+    result: "i32",
+  },
+  dnnl_binary_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "buffer"],
+    result: "i32",
+  },
   dnnl_primitive_attr_create: { parameters: ["buffer"], result: "i32" },
   dnnl_primitive_attr_set_scratchpad_mode: {
     parameters: ["pointer", "i32"],
@@ -121,18 +136,38 @@ export const FORMAT_ANY = 1;
 export const PLAIN_4D = 5;
 export const PROP = {
   forwardTraining: 64,
+  forwardInference: 96,
+  backward: 128,
   backwardData: 160,
   backwardWeights: 192,
+} as const;
+/** Plain row-major order for 1 to 4 dimensions (dnnl_a .. dnnl_abcd). */
+export const plainTag = (ndims: number): number => ndims + 1;
+/** Algorithm kinds (dnnl_alg_kind_t). */
+export const ALG = { binaryAdd: 0x1fff0 } as const;
+/** Batch normalisation flags (dnnl_normalization_flags_t). */
+export const BNORM = {
+  globalStats: 0x1,
+  scale: 0x8,
+  shift: 0x10,
 } as const;
 export const CONVOLUTION_DIRECT = 1;
 export const ARG = {
   src: 1,
+  src1: 2,
   weights: 33,
   dst: 17,
   diffSrc: 129,
   diffWeights: 161,
   diffDst: 145,
   scratchpad: 80,
+  mean: 49,
+  variance: 50,
+  scale: 51,
+  shift: 52,
+  workspace: 64,
+  diffScale: 255,
+  diffShift: 256,
 } as const;
 export const QUERY = {
   srcMd: 129,
@@ -141,6 +176,7 @@ export const QUERY = {
   diffWeightsMd: 132,
   dstMd: 133,
   diffDstMd: 134,
+  workspaceMd: 135,
   scratchpadMd: 136,
   implInfoStr: 8,
 } as const;
@@ -203,7 +239,7 @@ export class Dnnl {
     return p;
   }
 
-  /** A 4-D f32 memory descriptor in plain order, or "any" for oneDNN to pick. */
+  /** An f32 memory descriptor in plain order, or "any" for oneDNN to pick. */
   memoryDesc(dims: readonly number[], tag: number): Uint8Array {
     const md = new Uint8Array(MEMORY_DESC_BYTES);
     this.check(
@@ -312,6 +348,62 @@ export class Dnnl {
         "dnnl_convolution_backward_weights_desc_init",
       );
     }
+    return desc;
+  }
+
+  /**
+   * A batch normalisation descriptor: forward (training or inference) on
+   * `data`, or backward (`prop` backward or backwardData) with `diff` the
+   * layout of the gradients.
+   */
+  batchNormDesc(
+    prop: number,
+    data: Uint8Array,
+    eps: number,
+    flags: number,
+    diff?: Uint8Array,
+  ): Uint8Array {
+    const desc = new Uint8Array(OP_DESC_BYTES);
+    const s = this.#s;
+    if (diff === undefined) {
+      this.check(
+        s.dnnl_batch_normalization_forward_desc_init(
+          desc,
+          prop,
+          data,
+          eps,
+          flags,
+        ),
+        "dnnl_batch_normalization_forward_desc_init",
+      );
+    } else {
+      this.check(
+        s.dnnl_batch_normalization_backward_desc_init(
+          desc,
+          prop,
+          diff,
+          data,
+          eps,
+          flags,
+        ),
+        "dnnl_batch_normalization_backward_desc_init",
+      );
+    }
+    return desc;
+  }
+
+  /** A binary descriptor: dst = alg(src0, src1). */
+  binaryDesc(
+    alg: number,
+    src0: Uint8Array,
+    src1: Uint8Array,
+    dst: Uint8Array,
+  ): Uint8Array {
+    const desc = new Uint8Array(OP_DESC_BYTES);
+    this.check(
+      this.#s.dnnl_binary_desc_init(desc, alg, src0, src1, dst),
+      "dnnl_binary_desc_init",
+    );
     return desc;
   }
 
@@ -428,9 +520,9 @@ export function dnnl(): Dnnl {
  * waking its threads.
  */
 function configureOpenMp(): void {
-  const threads = Deno.env.get("MEC_BLAS_THREADS");
-  if (threads !== undefined && Deno.env.get("OMP_NUM_THREADS") === undefined) {
-    Deno.env.set("OMP_NUM_THREADS", threads);
+  const threads = requestedThreads();
+  if (threads !== null && Deno.env.get("OMP_NUM_THREADS") === undefined) {
+    Deno.env.set("OMP_NUM_THREADS", String(threads));
   }
 }
 

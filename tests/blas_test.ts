@@ -32,6 +32,40 @@ Deno.test("MEC_BLAS_THREADS sets OpenBLAS's thread count and rejects nonsense", 
   );
 });
 
+Deno.test("MEC_THREADS sets one count for OpenBLAS and oneDNN's OpenMP, over MEC_BLAS_THREADS, and rejects nonsense", async () => {
+  const dnnlModule = new URL("../cpu/dnnl.ts", import.meta.url).href;
+  const code = `import { blas } from "${blasModule}";
+    import { tryDnnl } from "${dnnlModule}";
+    tryDnnl();
+    console.log(blas().threads(), Deno.env.get("OMP_NUM_THREADS"));`;
+  const one = await runWith({ MEC_THREADS: "1", MEC_BLAS_THREADS: "2" }, code);
+  assert.equal(one.stdout.trim(), "1 1");
+  const user = await runWith({ MEC_THREADS: "1", OMP_NUM_THREADS: "2" }, code);
+  assert.equal(user.stdout.trim(), "1 2");
+  const bad = await runWith(
+    { MEC_THREADS: "0" },
+    `import { blas } from "${blasModule}"; try { blas(); } catch (e) { console.error(e.message); Deno.exit(3); }`,
+  );
+  assert.equal(bad.code, 3);
+  assert.equal(
+    bad.stderr.trim(),
+    'MEC_THREADS must be a positive integer, got "0"',
+  );
+});
+
+Deno.test("a GEMM too small to split runs on one thread and leaves the pool's count as it was", async () => {
+  const r = await runWith(
+    { MEC_THREADS: "2" },
+    `import { blas } from "${blasModule}";
+    const b = blas();
+    const a = Float32Array.of(1, 2, 3, 4);
+    const c = new Float32Array(4);
+    b.sgemm(false, false, 2, 2, 2, 1, a, 2, a, 2, 0, c, 2);
+    console.log([...c].join(","), b.threads());`,
+  );
+  assert.equal(r.stdout.trim(), "7,10,15,22 2");
+});
+
 Deno.test("sgemm() through FFI computes row-major products with transposes and beta", () => {
   const b = blas();
   const a = Float32Array.of(1, 2, 3, 4, 5, 6); // 2x3

@@ -1,0 +1,326 @@
+/**
+ * The memory-bound ops of a training step on oneDNN's primitives: batch
+ * normalisation (training and inference forward, backward) and the sum of
+ * two tensors. The TypeScript kernels stay the fallback and the reference.
+ *
+ * ReLU stays on the TypeScript kernel: oneDNN's (forward, backward, and as
+ * a post-op of the sum) turns NaN into 0, where PyTorch's keeps it, and a
+ * NaN that vanished inside the network would hide a diverged run from the
+ * non-finite loss check.
+ *
+ * Every operand keeps the plain layout the backend stores (NCHW, or a flat
+ * run of elements), so no reorder is needed. Primitives are built once per
+ * shape; their memory objects are made once and only their data pointers
+ * are set on each call.
+ *
+ * oneDNN's batch norm keeps the batch variance where the backend interface
+ * (cuDNN's) keeps 1/sqrt(variance + eps): the forward computes that from
+ * the variance oneDNN wrote, the backward hands oneDNN the variance back
+ * (1/invStd^2 - eps, exact to float32 rounding), and the running averages
+ * move here, as the TypeScript kernel moves them.
+ *
+ * @module
+ */
+
+import type { BatchNormDesc } from "../nn/backend.ts";
+import type { Scratch } from "./conv.ts";
+import {
+  ALG,
+  ARG,
+  BNORM,
+  type Dnnl,
+  type Handle,
+  plainTag,
+  PROP,
+  QUERY,
+} from "./dnnl.ts";
+
+/** A primitive on one shape, ready to run. */
+interface Plan {
+  primitive: Handle;
+  /** `dnnl_exec_arg_t` pairs, in the order of `memories`. */
+  args: BigUint64Array;
+  /** One memory object per operand, in the order `run` is given arrays. */
+  memories: Handle[];
+  scratchpad: Handle | null;
+  /** Scratchpad size in float32 elements. */
+  scratchpadLength: number;
+  implementation: string;
+}
+
+/** Encodes (argument id, memory handle) pairs as `dnnl_exec_arg_t[]`. */
+function execArgs(pairs: [number, Handle][]): BigUint64Array {
+  const a = new BigUint64Array(2 * pairs.length);
+  pairs.forEach(([id, memory], i) => {
+    a[2 * i] = BigInt(id);
+    a[2 * i + 1] = BigInt(Deno.UnsafePointer.value(memory));
+  });
+  return a;
+}
+
+/**
+ * The data layout of a batch norm as NCHW [n, c, spatial, 1]: oneDNN's
+ * optimised plain-layout kernel ("ncsp") takes 4-D and 5-D tensors only and
+ * would leave 2-D and 3-D ones to its reference loops, 30 times slower.
+ */
+function bnDims(d: BatchNormDesc): number[] {
+  return [d.n, d.c, d.spatial, 1];
+}
+
+function bnFlags(scale: boolean, shift: boolean): number {
+  return (scale ? BNORM.scale : 0) | (shift ? BNORM.shift : 0);
+}
+
+/** Cached oneDNN primitives for the memory-bound ops of one backend. */
+export class DnnlOps {
+  readonly #dnnl: Dnnl;
+  readonly #scratch: Scratch;
+  readonly #plans = new Map<string, Plan>();
+  /** Per-channel float32 temporaries (variances), grown as needed. */
+  #channels = new Float32Array(0);
+  #channels2 = new Float32Array(0);
+
+  constructor(dnnl: Dnnl, scratch: Scratch) {
+    this.#dnnl = dnnl;
+    this.#scratch = scratch;
+  }
+
+  /** Each primitive built so far and oneDNN's implementation of it. */
+  implementations(): [string, string][] {
+    return [...this.#plans].map(([key, p]) => [key, p.implementation]);
+  }
+
+  batchNormForwardTraining(
+    x: Float32Array,
+    y: Float32Array,
+    gamma: Float32Array | null,
+    beta: Float32Array | null,
+    runningMean: Float32Array | null,
+    runningVar: Float32Array | null,
+    saveMean: Float32Array,
+    saveInvStd: Float32Array,
+    d: BatchNormDesc,
+  ): void {
+    const variance = this.#channelTemp(d.c);
+    const plan = this.#bnForwardPlan(d, gamma !== null, beta !== null, false);
+    const arrays = [x, y, saveMean, variance];
+    if (gamma) arrays.push(gamma);
+    if (beta) arrays.push(beta);
+    this.#run(plan, arrays);
+    const count = d.n * d.spatial;
+    const m = d.momentum;
+    for (let ch = 0; ch < d.c; ch++) {
+      const v = variance[ch];
+      saveInvStd[ch] = 1 / Math.sqrt(v + d.eps);
+      if (runningMean && runningVar) {
+        // PyTorch updates the running variance with the unbiased estimate.
+        const unbiased = count > 1 ? v * count / (count - 1) : v;
+        runningMean[ch] = (1 - m) * runningMean[ch] + m * saveMean[ch];
+        runningVar[ch] = (1 - m) * runningVar[ch] + m * unbiased;
+      }
+    }
+  }
+
+  batchNormForwardInference(
+    x: Float32Array,
+    y: Float32Array,
+    gamma: Float32Array | null,
+    beta: Float32Array | null,
+    mean: Float32Array,
+    variance: Float32Array,
+    d: BatchNormDesc,
+  ): void {
+    const plan = this.#bnForwardPlan(d, gamma !== null, beta !== null, true);
+    const arrays = [x, y, mean, variance];
+    if (gamma) arrays.push(gamma);
+    if (beta) arrays.push(beta);
+    this.#run(plan, arrays);
+  }
+
+  batchNormBackward(
+    x: Float32Array,
+    dy: Float32Array,
+    dx: Float32Array,
+    gamma: Float32Array | null,
+    beta: boolean,
+    dGamma: Float32Array | null,
+    dBeta: Float32Array | null,
+    saveMean: Float32Array,
+    saveInvStd: Float32Array,
+    d: BatchNormDesc,
+  ): void {
+    const variance = this.#channelTemp(d.c);
+    for (let ch = 0; ch < d.c; ch++) {
+      const s = saveInvStd[ch];
+      variance[ch] = 1 / (s * s) - d.eps;
+    }
+    const scale = gamma !== null;
+    const diffs = dGamma !== null || dBeta !== null;
+    const plan = this.#bnBackwardPlan(d, scale, beta, diffs);
+    const arrays = [x, dy, dx, saveMean, variance];
+    if (gamma) arrays.push(gamma);
+    if (diffs && beta) arrays.push(this.#channelTemp2(d.c));
+    // The primitive writes the gradients of every parameter it has; a
+    // gradient not asked for goes to a temporary.
+    if (diffs && scale) arrays.push(dGamma ?? this.#channelTemp2(d.c));
+    if (diffs && beta) arrays.push(dBeta ?? this.#channelTemp2(d.c));
+    this.#run(plan, arrays);
+  }
+
+  /** c = a + b over `length` elements (c may be a or b). */
+  add(a: Float32Array, b: Float32Array, c: Float32Array, length: number): void {
+    this.#run(this.#addPlan(length), [a, b, c]);
+  }
+
+  #channelTemp(c: number): Float32Array {
+    if (this.#channels.length < c) this.#channels = new Float32Array(c);
+    return this.#channels;
+  }
+
+  #channelTemp2(c: number): Float32Array {
+    if (this.#channels2.length < c) this.#channels2 = new Float32Array(c);
+    return this.#channels2;
+  }
+
+  #bnForwardPlan(
+    d: BatchNormDesc,
+    scale: boolean,
+    shift: boolean,
+    inference: boolean,
+  ): Plan {
+    const key = `bn ${inference ? "inference" : "training"} ${
+      bnDims(d)
+    } ${d.eps} ${scale} ${shift}`;
+    return this.#cached(key, () => {
+      const dn = this.#dnnl;
+      const dims = bnDims(d);
+      const data = dn.memoryDesc(dims, plainTag(dims.length));
+      const stat = dn.memoryDesc([d.c], plainTag(1));
+      const flags = bnFlags(scale, shift) |
+        (inference ? BNORM.globalStats : 0);
+      const desc = dn.batchNormDesc(
+        inference ? PROP.forwardInference : PROP.forwardTraining,
+        data,
+        d.eps,
+        flags,
+      );
+      const pd = dn.primitiveDesc(desc, null, "batch normalization forward");
+      const operands: [number, Uint8Array][] = [
+        [ARG.src, data],
+        [ARG.dst, data],
+        [ARG.mean, stat],
+        [ARG.variance, stat],
+      ];
+      if (scale) operands.push([ARG.scale, stat]);
+      if (shift) operands.push([ARG.shift, stat]);
+      return this.#plan(pd, operands);
+    });
+  }
+
+  #bnBackwardPlan(
+    d: BatchNormDesc,
+    scale: boolean,
+    shift: boolean,
+    diffs: boolean,
+  ): Plan {
+    const key = `bn backward ${bnDims(d)} ${d.eps} ${scale} ${shift} ${diffs}`;
+    return this.#cached(key, () => {
+      const dn = this.#dnnl;
+      const dims = bnDims(d);
+      const data = dn.memoryDesc(dims, plainTag(dims.length));
+      const stat = dn.memoryDesc([d.c], plainTag(1));
+      // The shift changes no gradient but its own: it is declared only when
+      // that gradient is computed (and oneDNN then reads it, unused).
+      const flags = bnFlags(scale, diffs && shift);
+      const hint = dn.primitiveDesc(
+        dn.batchNormDesc(PROP.forwardTraining, data, d.eps, flags),
+        null,
+        "batch normalization forward",
+      );
+      const desc = dn.batchNormDesc(
+        diffs ? PROP.backward : PROP.backwardData,
+        data,
+        d.eps,
+        flags,
+        data,
+      );
+      const pd = dn.primitiveDesc(desc, hint, "batch normalization backward");
+      const operands: [number, Uint8Array][] = [
+        [ARG.src, data],
+        [ARG.diffDst, data],
+        [ARG.diffSrc, data],
+        [ARG.mean, stat],
+        [ARG.variance, stat],
+      ];
+      if (scale) operands.push([ARG.scale, stat]);
+      if (diffs && shift) operands.push([ARG.shift, stat]);
+      if (diffs && scale) operands.push([ARG.diffScale, stat]);
+      if (diffs && shift) operands.push([ARG.diffShift, stat]);
+      return this.#plan(pd, operands);
+    });
+  }
+
+  #addPlan(length: number): Plan {
+    return this.#cached(`add ${length}`, () => {
+      const dn = this.#dnnl;
+      const data = dn.memoryDesc([length], plainTag(1));
+      const pd = dn.primitiveDesc(
+        dn.binaryDesc(ALG.binaryAdd, data, data, data),
+        null,
+        "binary add",
+      );
+      return this.#plan(pd, [
+        [ARG.src, data],
+        [ARG.src1, data],
+        [ARG.dst, data],
+      ]);
+    });
+  }
+
+  #cached(key: string, build: () => Plan): Plan {
+    let plan = this.#plans.get(key);
+    if (plan === undefined) {
+      plan = build();
+      this.#plans.set(key, plan);
+    }
+    return plan;
+  }
+
+  /** Memory objects for each operand, and a scratchpad if one is wanted. */
+  #plan(pd: Handle, operands: [number, Uint8Array][]): Plan {
+    const dn = this.#dnnl;
+    const memories = operands.map(([, md]) => dn.memory(md));
+    const pairs: [number, Handle][] = operands.map((
+      [arg],
+      i,
+    ) => [arg, memories[i]]);
+    const spMd = dn.queryMd(pd, QUERY.scratchpadMd);
+    const spBytes = dn.mdBytes(spMd);
+    let scratchpad: Handle | null = null;
+    if (spBytes > 0) {
+      scratchpad = dn.memory(spMd);
+      pairs.push([ARG.scratchpad, scratchpad]);
+    }
+    return {
+      primitive: dn.primitive(pd),
+      args: execArgs(pairs),
+      memories,
+      scratchpad,
+      scratchpadLength: Math.ceil(spBytes / 4),
+      implementation: dn.implementation(pd),
+    };
+  }
+
+  /** Runs a plan on the caller's arrays, in operand order. */
+  #run(plan: Plan, arrays: Float32Array[]): void {
+    const dn = this.#dnnl;
+    plan.memories.forEach((m, i) =>
+      dn.setData(m, Deno.UnsafePointer.of(arrays[i]))
+    );
+    if (plan.scratchpad !== null) {
+      const sp = this.#scratch(plan.scratchpadLength);
+      dn.setData(plan.scratchpad, Deno.UnsafePointer.of(sp));
+    }
+    dn.execute(plan.primitive, plan.args);
+  }
+}

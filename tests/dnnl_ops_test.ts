@@ -1,0 +1,261 @@
+import type { BatchNormDesc } from "../nn/backend.ts";
+import { Scratch } from "../cpu/allocator.ts";
+import * as bn from "../cpu/batchnorm.ts";
+import { tryDnnl } from "../cpu/dnnl.ts";
+import { DnnlOps } from "../cpu/dnnl_ops.ts";
+import { CpuBackend } from "../cpu/backend.ts";
+import { Generator } from "../mod.ts";
+import { runWith } from "./subprocess.ts";
+import { assert } from "./assert.ts";
+import { assertClose, randomValues } from "./check.ts";
+import { batchNormRef } from "./reference.ts";
+
+const lib = tryDnnl();
+/** Appended to test names when oneDNN is missing, so the skip is visible. */
+const skipped = lib === null
+  ? " (skipped: oneDNN, libdnnl.so.2, is not installed)"
+  : "";
+const gen = new Generator(5);
+const values = (n: number, low: number, high: number) =>
+  Float32Array.from(randomValues(gen, n, low, high));
+
+/** The batch norm kernels of both implementations, called alike. */
+interface BatchNormKernels {
+  name: string;
+  forward: typeof bn.batchNormForwardTraining;
+  inference: typeof bn.batchNormForwardInference;
+  backward: typeof bn.batchNormBackward;
+}
+
+function implementations(): BatchNormKernels[] {
+  const list: BatchNormKernels[] = [{
+    name: "TypeScript",
+    forward: bn.batchNormForwardTraining,
+    inference: bn.batchNormForwardInference,
+    backward: bn.batchNormBackward,
+  }];
+  if (lib !== null) {
+    const scratch = new Scratch();
+    const ops = new DnnlOps(lib, (n) => scratch.get(n));
+    list.push({
+      name: "oneDNN",
+      forward: ops.batchNormForwardTraining.bind(ops),
+      inference: ops.batchNormForwardInference.bind(ops),
+      backward: (x, dy, dx, gamma, dGamma, dBeta, mean, invStd, d) =>
+        ops.batchNormBackward(
+          x,
+          dy,
+          dx,
+          gamma,
+          dBeta !== null,
+          dGamma,
+          dBeta,
+          mean,
+          invStd,
+          d,
+        ),
+    });
+  }
+  return list;
+}
+
+/**
+ * Float64 gradients of sum(y * dy) for y = batch norm of x with batch
+ * statistics: dx = gamma * invStd * (dy - mean(dy) - xhat * mean(dy * xhat)),
+ * dgamma = sum(dy * xhat), dbeta = sum(dy).
+ */
+function backwardRef(
+  x: Float64Array,
+  dy: Float64Array,
+  gamma: Float64Array | null,
+  d: BatchNormDesc,
+) {
+  const { n, c, spatial: s } = d;
+  const count = n * s;
+  const ref = batchNormRef(x, [n, c, s], null, null, d.eps, null);
+  const dx = new Float64Array(x.length);
+  const dGamma = new Float64Array(c);
+  const dBeta = new Float64Array(c);
+  for (let ch = 0; ch < c; ch++) {
+    const invStd = 1 / Math.sqrt(ref.variance[ch] + d.eps);
+    let sumDy = 0;
+    let sumDyXhat = 0;
+    const at = (i: number, j: number) => (i * c + ch) * s + j;
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < s; j++) {
+        sumDy += dy[at(i, j)];
+        sumDyXhat += dy[at(i, j)] * (x[at(i, j)] - ref.mean[ch]) * invStd;
+      }
+    }
+    dGamma[ch] = sumDyXhat;
+    dBeta[ch] = sumDy;
+    const g = (gamma ? gamma[ch] : 1) * invStd;
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < s; j++) {
+        const xhat = (x[at(i, j)] - ref.mean[ch]) * invStd;
+        dx[at(i, j)] = g *
+          (dy[at(i, j)] - sumDy / count - xhat * sumDyXhat / count);
+      }
+    }
+  }
+  return { dx, dGamma, dBeta, ...ref };
+}
+
+const SHAPES: [number, number, number][] = [
+  [4, 3, 1], // BatchNorm1d
+  [2, 5, 7],
+  [3, 8, 13], // a whole 8-wide channel block and a ragged plane
+  [2, 17, 36],
+];
+
+for (const impl of implementations()) {
+  for (const [n, c, spatial] of SHAPES) {
+    for (const affine of [true, false]) {
+      Deno.test(`${impl.name} batch norm forward and backward match float64 for [${n}, ${c}, ${spatial}], affine ${affine}`, () => {
+        const d = { n, c, spatial, eps: 1e-5, momentum: 0.1 };
+        const size = n * c * spatial;
+        // A mean far from zero next to the spread tests the variance.
+        const x = values(size, 2, 5);
+        const dy = values(size, -1, 1);
+        const gamma = affine ? values(c, 0.5, 1.5) : null;
+        const beta = affine ? values(c, -1, 1) : null;
+        const ref = backwardRef(
+          Float64Array.from(x),
+          Float64Array.from(dy),
+          gamma && Float64Array.from(gamma),
+          d,
+        );
+        const y = new Float32Array(size);
+        const mean = new Float32Array(c);
+        const invStd = new Float32Array(c);
+        const runningMean = new Float32Array(c).fill(0.5);
+        const runningVar = new Float32Array(c).fill(2);
+        impl.forward(
+          x,
+          y,
+          gamma,
+          beta,
+          runningMean,
+          runningVar,
+          mean,
+          invStd,
+          d,
+        );
+        const want = Float64Array.from(x, (v, i) => {
+          const ch = Math.floor(i / spatial) % c;
+          const xhat = (v - ref.mean[ch]) / Math.sqrt(ref.variance[ch] + 1e-5);
+          return xhat * (gamma ? gamma[ch] : 1) + (beta ? beta[ch] : 0);
+        });
+        // Normalised values are O(1): float32 rounding of a few operations.
+        const tol = { rtol: 1e-4, atol: 1e-4 };
+        assertClose(y, want, "y", tol);
+        assertClose(mean, ref.mean, "mean", tol);
+        const wantInvStd = ref.variance.map((v) => 1 / Math.sqrt(v + 1e-5));
+        assertClose(invStd, wantInvStd, "invStd", tol);
+        const count = n * spatial;
+        assertClose(
+          runningVar,
+          ref.variance.map((v) =>
+            0.9 * 2 + 0.1 * (count > 1 ? v * count / (count - 1) : v)
+          ),
+          "runningVar",
+          tol,
+        );
+        assertClose(
+          runningMean,
+          ref.mean.map((m) => 0.9 * 0.5 + 0.1 * m),
+          "runningMean",
+          tol,
+        );
+
+        const eval_ = new Float32Array(size);
+        impl.inference(x, eval_, gamma, beta, mean, runningVar, d);
+        const wantEval = Float64Array.from(x, (v, i) => {
+          const ch = Math.floor(i / spatial) % c;
+          return (v - mean[ch]) / Math.sqrt(runningVar[ch] + 1e-5) *
+              (gamma ? gamma[ch] : 1) + (beta ? beta[ch] : 0);
+        });
+        assertClose(eval_, wantEval, "inference y", tol);
+
+        const dx = new Float32Array(size);
+        const dGamma = affine ? new Float32Array(c) : null;
+        const dBeta = affine ? new Float32Array(c) : null;
+        impl.backward(x, dy, dx, gamma, dGamma, dBeta, mean, invStd, d);
+        // dx subtracts two batch means of O(1) terms; the sums over the
+        // batch grow with its size.
+        assertClose(dx, ref.dx, "dx", { rtol: 1e-3, atol: 2e-4 });
+        if (dGamma && dBeta) {
+          assertClose(dGamma, ref.dGamma, "dGamma", { rtol: 1e-3, atol: 1e-3 });
+          assertClose(dBeta, ref.dBeta, "dBeta", { rtol: 1e-4, atol: 1e-4 });
+        }
+      });
+    }
+  }
+}
+
+Deno.test(
+  `oneDNN's sum equals the TypeScript kernel's, in place too${skipped}`,
+  {
+    ignore: lib === null,
+  },
+  () => {
+    const scratch = new Scratch();
+    const ops = new DnnlOps(lib!, (n) => scratch.get(n));
+    for (const length of [1, 7, 8, 1000, 4099]) {
+      const x = values(length, -1, 1);
+      const b = values(length, -1, 1);
+      const sum = Float32Array.from(x, (v, i) => v + b[i]);
+      const c = new Float32Array(length);
+      ops.add(x, b, c, length);
+      assert.deepEqual(c, sum);
+      // In place, as the residual blocks run it.
+      const a = x.slice();
+      ops.add(a, b, a, length);
+      assert.deepEqual(a, sum);
+    }
+    assert.ok(
+      ops.implementations().some(([key, impl]) =>
+        key.startsWith("add") && impl.length > 0
+      ),
+    );
+  },
+);
+
+Deno.test("a NaN survives the ResNets' ReLUs and sums, so a diverged run is caught", () => {
+  const be = new CpuBackend();
+  const x = be.alloc(4);
+  be.write(x, Float32Array.of(NaN, -1, 2, 0));
+  be.reluForward({ x, y: x, length: 4 });
+  be.opTensor({
+    op: "add",
+    alpha1: 1,
+    a: x,
+    alpha2: 1,
+    b: x,
+    bShape: [1, 1, 4],
+    beta: 0,
+    c: x,
+    shape: [1, 1, 4],
+  });
+  assert.deepEqual([...be.read(x)], [NaN, 0, 4, 0]);
+});
+
+Deno.test("MEC_KERNELS=ts keeps oneDNN out of batch norm and sums, and rejects other values", async () => {
+  const backend = new URL("../cpu/backend.ts", import.meta.url).href;
+  const code = `import { CpuBackend } from "${backend}";
+    const be = new CpuBackend();
+    const x = be.alloc(4);
+    be.batchNormForwardInference({ x, y: x, scale: null, bias: null,
+      estimatedMean: x, estimatedVariance: x,
+      desc: { n: 1, c: 4, spatial: 1, eps: 1, momentum: 0 } });
+    console.log(be.dnnlOps === null);`;
+  assert.equal(
+    (await runWith({ MEC_KERNELS: "ts" }, code)).stdout.trim(),
+    "true",
+  );
+  const bad = await runWith({ MEC_KERNELS: "fast" }, code);
+  assert.match(bad.stderr, /MEC_KERNELS must be dnnl or ts, got "fast"/);
+  if (lib !== null) {
+    assert.equal((await runWith({}, code)).stdout.trim(), "false");
+  }
+});
