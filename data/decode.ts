@@ -102,7 +102,20 @@ export interface DecodeOptions {
    * pixels are then valid only until the scratch's next use.
    */
   scratch?: DecodeScratch;
+  /**
+   * Decode a JPEG at a reduced size with libjpeg's DCT scaling (TurboJPEG
+   * only): called with the full width and height once the header is read,
+   * it returns the divisor d (1, 2, 4 or 8), and the image comes out
+   * ceil(width / d) x ceil(height / d), its pixel i covering the full
+   * image's pixels i d .. (i + 1) d - 1. It is not called for PNGs, for
+   * jpeg-js, or for images under 8 pixels a side (where another scaling
+   * factor could give the same size); those come at full size.
+   */
+  shrink?: (width: number, height: number) => DctShrink;
 }
+
+/** The DCT scalings {@link DecodeOptions.shrink} can ask for: 1/d. */
+export type DctShrink = 1 | 2 | 4 | 8;
 
 let noted = false;
 
@@ -156,7 +169,7 @@ export function decodeImage(
     );
   }
   return resolveJpegDecoder(options.jpeg) === "turbojpeg"
-    ? decodeTurboJpeg(turboJpeg()!, bytes, options.scratch)
+    ? decodeTurboJpeg(turboJpeg()!, bytes, options.scratch, options.shrink)
     : decodeJpeg(bytes);
 }
 
@@ -311,22 +324,33 @@ function decodeTurboJpeg(
   tj: TurboJpeg,
   bytes: Uint8Array,
   scratch?: DecodeScratch,
+  shrink?: (width: number, height: number) => DctShrink,
 ): RgbImage {
   try {
     const header = turboJpegHeader(tj, bytes);
-    const { width, height, colorspace } = header;
-    checkPixels("jpeg", width, height);
-    if (!(width > 0 && height > 0)) {
-      throw new DecodeError(`undecodable JPEG (${width}x${height} pixels)`);
+    const { colorspace } = header;
+    checkPixels("jpeg", header.width, header.height);
+    if (!(header.width > 0 && header.height > 0)) {
+      throw new DecodeError(
+        `undecodable JPEG (${header.width}x${header.height} pixels)`,
+      );
     }
+    // TurboJPEG picks the largest scaling factor (a multiple of 1/8) whose
+    // output fits the size asked for; from 8 pixels up, only 1/d gives
+    // ceil(size / d).
+    const d = shrink !== undefined && header.width >= 8 && header.height >= 8
+      ? shrink(header.width, header.height)
+      : 1;
+    const width = Math.ceil(header.width / d);
+    const height = Math.ceil(header.height / d);
     if (colorspace !== TJCS.cmyk && colorspace !== TJCS.ycck) {
       const n = width * height * 3;
       const data = scratch ? scratch.take(n) : new Uint8Array(n);
-      tj.decompress(bytes, data, header, TJPF.rgb);
+      tj.decompress(bytes, data, { width, height }, TJPF.rgb);
       return { width, height, data };
     }
     const cmyk = new Uint8Array(width * height * 4);
-    tj.decompress(bytes, cmyk, header, TJPF.cmyk);
+    tj.decompress(bytes, cmyk, { width, height }, TJPF.cmyk);
     return { width, height, data: cmykToRgb(cmyk) };
   } catch (e) {
     if (e instanceof TurboJpegError) {

@@ -28,6 +28,7 @@ import {
   resolveJpegDecoder,
   sniffFormat,
 } from "./decode.ts";
+import { turboJpegMissing } from "./turbojpeg.ts";
 import type { ViewRecipe } from "./pipelines.ts";
 import { shardLength, shardOrder, type ShardTail } from "./sampler.ts";
 import {
@@ -35,6 +36,7 @@ import {
   type BatchResult,
   BatchRunner,
   type SampleJob,
+  sharedClock,
 } from "./task.ts";
 
 /** Options of {@link DataLoader}. */
@@ -71,6 +73,14 @@ export interface DataLoaderOptions {
    * Resolved once here, so every worker uses the same one.
    */
   jpeg?: JpegDecoder;
+  /**
+   * Decode each JPEG at 1/2, 1/4 or 1/8 of its size when every view's crop
+   * is at least that much larger than the view (libjpeg's DCT scaling, see
+   * data/fast_decode.ts): several times less decoding and resampling for
+   * large photographs, slightly different pixels. Needs TurboJPEG.
+   * Default false.
+   */
+  fastDecode?: boolean;
 }
 
 /** One batch: each view as float32 NCHW, and the samples' labels. */
@@ -97,14 +107,43 @@ export interface SkippedSample {
 
 /** Where the loader's time went, in milliseconds summed over threads. */
 export interface LoaderTiming {
-  /** Reading files (main thread, asynchronous). */
+  /** Reading files (main thread, asynchronous, overlapping the rest). */
   readMs: number;
   /** Decoding images (workers). */
   decodeMs: number;
   /** Augmenting (workers). */
   augmentMs: number;
+  /**
+   * Handing jobs to the workers and batches back: from posting a job to
+   * the worker starting it, and from the worker finishing to the main
+   * thread taking the batch (which waits while the main thread is busy).
+   * Zero without workers.
+   */
+  transferMs: number;
   /** Time the consumer waited for a batch. */
   waitMs: number;
+}
+
+/**
+ * One line for a log saying where the loader's time went in an epoch of
+ * `samples` images that took `seconds`, and how many cores its decoding
+ * and augmenting kept busy.
+ */
+export function formatLoaderTiming(
+  timing: LoaderTiming,
+  samples: number,
+  seconds: number,
+): string {
+  const s = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+  const per = (ms: number) =>
+    samples > 0 ? ` (${(ms / samples).toFixed(2)} ms/image)` : "";
+  const work = (timing.decodeMs + timing.augmentMs) / 1000;
+  const busy = seconds > 0 ? `, ${(work / seconds).toFixed(1)} cores busy` : "";
+  return `loader: read ${s(timing.readMs)}, decode ${s(timing.decodeMs)}${
+    per(timing.decodeMs)
+  }, augment ${s(timing.augmentMs)}${per(timing.augmentMs)}, transfer ${
+    s(timing.transferMs)
+  }${busy}; training waited ${s(timing.waitMs)} for data`;
 }
 
 /** What happened in one epoch. */
@@ -214,6 +253,7 @@ class WorkerPool {
       const worker = this.#idle.pop()!;
       const pending = this.#queue.shift()!;
       this.#running.set(worker, pending);
+      pending.job.postedAt = sharedClock();
       worker.postMessage(pending.job, pending.transfer);
     }
   }
@@ -280,6 +320,8 @@ export class DataLoader {
   readonly shard: { rank: number; size: number; tail: ShardTail } | null;
   /** The JPEG decoder every sample is decoded with. */
   readonly jpeg: "turbojpeg" | "jpeg-js";
+  /** Whether JPEGs are decoded at a reduced size where the crops allow. */
+  readonly fastDecode: boolean;
   /** The summary of the last finished epoch. */
   lastSummary: EpochSummary | null = null;
   #pool: WorkerPool | null;
@@ -330,6 +372,14 @@ export class DataLoader {
     this.jpeg = resolveJpegDecoder(options.jpeg, true);
     this.#noteFallback = (options.jpeg ?? "auto") === "auto" &&
       this.jpeg === "jpeg-js";
+    this.fastDecode = options.fastDecode ?? false;
+    if (this.fastDecode && this.jpeg !== "turbojpeg") {
+      throw new RangeError(
+        `Fast decoding needs TurboJPEG's DCT scaling, but JPEGs are decoded with jpeg-js${
+          options.jpeg === "jpeg-js" ? " as asked" : ` (${turboJpegMissing()})`
+        }.`,
+      );
+    }
     this.#onEpochEnd = options.onEpochEnd;
     this.#depth = Math.max(1, workers) * prefetch;
     if (this.length === 0) {
@@ -387,6 +437,7 @@ export class DataLoader {
       readMs: 0,
       decodeMs: 0,
       augmentMs: 0,
+      transferMs: 0,
       waitMs: 0,
     };
     const inFlight: Promise<Batch>[] = [];
@@ -442,6 +493,20 @@ export class DataLoader {
     return this.close();
   }
 
+  #job(slots: number, samples: SampleJob[], buffers: ArrayBuffer[]): BatchJob {
+    return {
+      id: this.#nextJob++,
+      seed: this.seed,
+      views: this.views,
+      jpeg: this.jpeg,
+      fastDecode: this.fastDecode,
+      postedAt: 0,
+      slots,
+      samples,
+      buffers,
+    };
+  }
+
   #run(job: BatchJob, transfer: Transferable[]): Promise<BatchResult> {
     if (
       this.#noteFallback &&
@@ -487,20 +552,12 @@ export class DataLoader {
       }
     });
     const buffers = this.#free.pop() ?? [];
+    const job = this.#job(n, samples, buffers);
     const result = await this.#run(
-      {
-        id: this.#nextJob++,
-        seed: this.seed,
-        views: this.views,
-        jpeg: this.jpeg,
-        slots: n,
-        samples,
-        buffers,
-      },
+      job,
       [...samples.flatMap((s) => transferable(s.source)), ...buffers],
     );
-    timing.decodeMs += result.decodeMs;
-    timing.augmentMs += result.augmentMs;
+    addTiming(timing, job, result);
     failed.push(...result.failures);
     for (const { slot, reason } of failed) {
       await this.#replace(
@@ -557,20 +614,9 @@ export class DataLoader {
         reason = `cannot be read: ${errorText(e)}`;
         continue;
       }
-      const result = await this.#run(
-        {
-          id: this.#nextJob++,
-          seed: this.seed,
-          views: this.views,
-          jpeg: this.jpeg,
-          slots: 1,
-          samples: [{ slot: 0, key, source }],
-          buffers: [],
-        },
-        transferable(source),
-      );
-      timing.decodeMs += result.decodeMs;
-      timing.augmentMs += result.augmentMs;
+      const job = this.#job(1, [{ slot: 0, key, source }], []);
+      const result = await this.#run(job, transferable(source));
+      addTiming(timing, job, result);
       if (result.failures.length > 0) {
         bad = candidate;
         reason = result.failures[0].reason;
@@ -608,6 +654,21 @@ function transferable(source: SampleSource): ArrayBuffer[] {
     return [bytes.buffer];
   }
   return [];
+}
+
+/** Adds a finished job's times to the epoch's. */
+function addTiming(
+  timing: LoaderTiming,
+  job: BatchJob,
+  result: BatchResult,
+): void {
+  timing.decodeMs += result.decodeMs;
+  timing.augmentMs += result.augmentMs;
+  // Posted to a worker (the in-thread runner has no hand-over).
+  if (job.postedAt > 0) {
+    timing.transferMs += Math.max(0, result.startedAt - job.postedAt) +
+      Math.max(0, sharedClock() - result.finishedAt);
+  }
 }
 
 function errorText(e: unknown): string {

@@ -7,6 +7,7 @@
  */
 
 export {
+  type DctShrink,
   DecodeError,
   decodeImage,
   type DecodeOptions,
@@ -68,15 +69,21 @@ export {
   solarize,
   toTensor,
 } from "./transforms.ts";
+export { blurToTensor } from "./blur_to_tensor.ts";
 export {
   applyView,
   type CropRecipe,
+  drawView,
+  type ImageSize,
   mecViews,
   probeEvalView,
   probeTrainView,
+  renderView,
+  type ViewDraw,
   type ViewRecipe,
   ViewScratch,
 } from "./pipelines.ts";
+export { dctShrink, shrinkCrop } from "./fast_decode.ts";
 export {
   type Batch,
   batchTensors,
@@ -84,6 +91,7 @@ export {
   type DataLoaderOptions,
   type EpochSummary,
   formatEpochSummary,
+  formatLoaderTiming,
   type LoaderTiming,
   type SkippedSample,
   unreadableFiles,

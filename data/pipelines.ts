@@ -138,7 +138,7 @@ export class ViewScratch {
 
 /** Where the crop comes from, drawing the random box if there is one. */
 function cropSpec(
-  image: RgbImage,
+  image: ImageSize,
   recipe: ViewRecipe,
   gen: Generator,
 ): ResizedCropSpec {
@@ -154,6 +154,12 @@ function cropSpec(
     resizeHeight: resized.height,
     window: centerCropBox(resized.width, resized.height, size),
   };
+}
+
+/** The size of an image, which is all that the draws depend on. */
+export interface ImageSize {
+  width: number;
+  height: number;
 }
 
 /** The random choices of one view, drawn in torchvision's order. */
@@ -175,7 +181,7 @@ export interface ViewDraw {
  * (which commutes with all the rest, so it is folded into the resampling).
  */
 export function drawView(
-  image: RgbImage,
+  image: ImageSize,
   recipe: ViewRecipe,
   gen: Generator,
 ): ViewDraw {
@@ -195,14 +201,7 @@ export function drawView(
 /**
  * Runs one view recipe on `image`, drawing every random choice from `gen`
  * ({@link drawView}), and writes the CHW result (3 x size x size floats)
- * into `out` at `offset`.
- *
- * The passes: crop + resize + flip in one; each jitter adjustment that is
- * not the identity; grayscale; then either the blur, whose last pass also
- * solarizes, scales, normalises and transposes to CHW
- * (data/blur_to_tensor.ts), or that final pass alone ({@link toTensor}).
- * The result is bit-identical to running gaussianBlur and toTensor one
- * after the other.
+ * into `out` at `offset` ({@link renderView}).
  */
 export function applyView(
   image: RgbImage,
@@ -212,7 +211,29 @@ export function applyView(
   offset: number,
   scratch: ViewScratch = new ViewScratch(),
 ): void {
-  const { crop, jitter, grey, sigma, solarize } = drawView(image, recipe, gen);
+  renderView(image, recipe, drawView(image, recipe, gen), out, offset, scratch);
+}
+
+/**
+ * Makes the view that `draw` describes (its crop in `image`'s pixels) and
+ * writes it as CHW floats into `out` at `offset`.
+ *
+ * The passes: crop + resize + flip in one; each jitter adjustment that is
+ * not the identity; grayscale; then either the blur, whose last pass also
+ * solarizes, scales, normalises and transposes to CHW
+ * (data/blur_to_tensor.ts), or that final pass alone ({@link toTensor}).
+ * The result is bit-identical to running gaussianBlur and toTensor one
+ * after the other.
+ */
+export function renderView(
+  image: RgbImage,
+  recipe: ViewRecipe,
+  draw: ViewDraw,
+  out: Float32Array,
+  offset: number,
+  scratch: ViewScratch = new ViewScratch(),
+): void {
+  const { crop, jitter, grey, sigma, solarize } = draw;
   const work = scratch.image(recipe.size);
   resizedCrop(image, crop, work, scratch.resize);
   if (jitter !== null) colorJitter(work, jitter);

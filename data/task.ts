@@ -10,13 +10,21 @@
 import { Generator } from "../nn/random.ts";
 import type { SampleSource } from "./dataset.ts";
 import {
+  type DctShrink,
   DecodeError,
   decodeImage,
   DecodeScratch,
   type RgbImage,
 } from "./decode.ts";
 import { noiseBytes } from "./dummy.ts";
-import { applyView, type ViewRecipe, ViewScratch } from "./pipelines.ts";
+import { dctShrink, shrinkCrop } from "./fast_decode.ts";
+import {
+  drawView,
+  renderView,
+  type ViewDraw,
+  type ViewRecipe,
+  ViewScratch,
+} from "./pipelines.ts";
 
 /** One sample of a batch job. */
 export interface SampleJob {
@@ -34,6 +42,13 @@ export interface BatchJob {
   views: ViewRecipe[];
   /** The JPEG decoder, as the loader resolved it. */
   jpeg: "turbojpeg" | "jpeg-js";
+  /**
+   * Decode JPEGs at a reduced size where every view's crop allows it
+   * (data/fast_decode.ts; TurboJPEG only).
+   */
+  fastDecode: boolean;
+  /** When the job was posted (`performance.timeOrigin + now()`, ms). */
+  postedAt: number;
   /** The batch size: each view's array holds this many samples. */
   slots: number;
   samples: SampleJob[];
@@ -57,6 +72,18 @@ export interface BatchResult {
   decodeMs: number;
   /** Milliseconds spent augmenting. */
   augmentMs: number;
+  /**
+   * When the thread that ran the job started and finished it
+   * (`performance.timeOrigin + now()`, ms, a clock that threads share), so
+   * that the loader can time the hand-over in both directions.
+   */
+  startedAt: number;
+  finishedAt: number;
+}
+
+/** A clock that every thread of the process reads alike, in ms. */
+export function sharedClock(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 /** Runs batch jobs with buffers kept between jobs (one per thread). */
@@ -66,6 +93,7 @@ export class BatchRunner {
   #decoded = new DecodeScratch();
 
   run(job: BatchJob): BatchResult {
+    const startedAt = sharedClock();
     const sizes = job.views.map((v) => 3 * v.size * v.size);
     const views = sizes.map((size, k) => {
       const reuse = job.buffers[k];
@@ -78,21 +106,40 @@ export class BatchRunner {
     let augmentMs = 0;
     for (const sample of job.samples) {
       const t0 = performance.now();
+      const gen = new Generator(job.seed, ...sample.key);
+      // The views' draws depend only on the full image's size, so with
+      // fast decoding they are made once the header is read, and the
+      // generator is used in the same order either way.
+      let draws: ViewDraw[] | null = null;
+      let shrink: DctShrink = 1;
+      const drawAll = (width: number, height: number) =>
+        job.views.map((v) => drawView({ width, height }, v, gen));
+      const choose = job.fastDecode
+        ? (width: number, height: number) => {
+          draws = drawAll(width, height);
+          shrink = dctShrink(draws);
+          return shrink;
+        }
+        : undefined;
       let image: RgbImage;
       try {
-        image = pixels(sample.source, job.jpeg, this.#decoded);
+        image = pixels(sample.source, job.jpeg, this.#decoded, choose);
       } catch (e) {
         if (!(e instanceof DecodeError)) throw e;
         failures.push({ slot: sample.slot, reason: e.message });
         continue;
       }
       const t1 = performance.now();
-      const gen = new Generator(job.seed, ...sample.key);
+      const made: ViewDraw[] = draws ?? drawAll(image.width, image.height);
       for (let k = 0; k < views.length; k++) {
-        applyView(
+        const draw = shrink === 1 ? made[k] : {
+          ...made[k],
+          crop: shrinkCrop(made[k].crop, shrink, image.width, image.height),
+        };
+        renderView(
           image,
           job.views[k],
-          gen,
+          draw,
           views[k],
           sample.slot * sizes[k],
           this.#scratch,
@@ -101,7 +148,15 @@ export class BatchRunner {
       decodeMs += t1 - t0;
       augmentMs += performance.now() - t1;
     }
-    return { id: job.id, views, failures, decodeMs, augmentMs };
+    return {
+      id: job.id,
+      views,
+      failures,
+      decodeMs,
+      augmentMs,
+      startedAt,
+      finishedAt: sharedClock(),
+    };
   }
 }
 
@@ -109,10 +164,11 @@ function pixels(
   source: SampleSource,
   jpeg: "turbojpeg" | "jpeg-js",
   scratch: DecodeScratch,
+  shrink?: (width: number, height: number) => DctShrink,
 ): RgbImage {
   switch (source.kind) {
     case "encoded":
-      return decodeImage(source.bytes, { jpeg, scratch });
+      return decodeImage(source.bytes, { jpeg, scratch, shrink });
     case "pixels":
       return source.image;
     case "noise": {

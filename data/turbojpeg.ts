@@ -90,13 +90,15 @@ export interface TurboJpeg {
   /** Reads the headers (no pixels are allocated or decoded). */
   header(jpeg: Uint8Array): TurboJpegHeader;
   /**
-   * Decodes into `out` (`width * height * channels` bytes, as the header
-   * says) in pixel format `format` ({@link TJPF}).
+   * Decodes into `out` (`width * height * channels` bytes) in pixel format
+   * `format` ({@link TJPF}). `size` is the header's, or a reduced one:
+   * libjpeg then scales in its IDCT by the largest factor (a multiple of
+   * 1/8) whose output fits, ceil(width * factor) x ceil(height * factor).
    */
   decompress(
     jpeg: Uint8Array,
     out: Uint8Array,
-    header: TurboJpegHeader,
+    size: { width: number; height: number },
     format: number,
   ): void;
 }
@@ -192,9 +194,9 @@ function wrap(
         colorspace: colorspace[0],
       };
     },
-    decompress(jpeg, out, header, format) {
+    decompress(jpeg, out, size, format) {
       const channels = format === TJPF.cmyk ? 4 : format === TJPF.gray ? 1 : 3;
-      const { width: w, height: h } = header;
+      const { width: w, height: h } = size;
       if (!(w > 0 && h > 0) || out.length !== w * h * channels) {
         throw new RangeError(
           `tjDecompress2: output of ${out.length} bytes for ${w}x${h}x${channels}`,

@@ -242,7 +242,13 @@ Deno.test("DataLoader explains bad options in one sentence", () => {
 });
 
 Deno.test("formatEpochSummary() names a file skipped more than once only once", () => {
-  const timing = { readMs: 0, decodeMs: 0, augmentMs: 0, waitMs: 0 };
+  const timing = {
+    readMs: 0,
+    decodeMs: 0,
+    augmentMs: 0,
+    transferMs: 0,
+    waitMs: 0,
+  };
   const summary: EpochSummary = {
     epoch: 3,
     batches: 1,
