@@ -129,4 +129,14 @@ export {
   loadCheckpoint,
   saveCheckpoint,
   type SaveOptions,
+  saveTensorCheckpoint,
 } from "./checkpoint.ts";
+export {
+  isTorchFile,
+  readTorchFile,
+  tensorEntries,
+  type TorchFile,
+  TorchFileError,
+  TorchStorage,
+  TorchTensor,
+} from "./torch_file.ts";
