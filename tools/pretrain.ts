@@ -217,6 +217,7 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     batchSize: args.batchSize,
     seed: args.seed,
     workers: args.workers,
+    fastDecode: args.fastDecode,
     dropLast: true,
   });
   const itersPerEpoch = loader.length;

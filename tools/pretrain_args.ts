@@ -31,6 +31,8 @@ export interface PretrainArgs {
   warmupEpochs: number;
   seed: number;
   workers: number;
+  /** Decode JPEGs at a reduced size where the crops allow (DataLoader's fastDecode). */
+  fastDecode: boolean;
   printFreq: number;
   resume: string | null;
   /** Replace the run already in `out` (never stored as true in a checkpoint). */
@@ -104,6 +106,12 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
   },
   flag("seed"),
   flag("workers"),
+  {
+    name: "fast-decode",
+    kind: "bool",
+    help:
+      "decode each JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT scaling) when both views' crops are that much larger than --image-size: faster on large photographs, slightly different pixels (needs libturbojpeg; default off)",
+  },
   flag("print-freq"),
   flag("resume", "continue from this checkpoint (its flags are the defaults)"),
   flag("out", "folder for checkpoints and log.jsonl (default runs/pretrain)"),
@@ -181,6 +189,7 @@ export const PAPER: PretrainDefaults = {
   warmupEpochs: 10,
   seed: 0,
   workers: 2,
+  fastDecode: false,
   printFreq: 10,
   out: "runs/pretrain",
   device: "cpu",
@@ -287,6 +296,15 @@ export function checkCombination(args: PretrainArgs): void {
   if (!args.knn && args.knnEvery > 0) {
     throw new UsageError(
       `--knn-every ${args.knnEvery} needs the kNN monitor: add --knn.`,
+    );
+  }
+  if (args.fastDecode && (args.dummy || args.data === null)) {
+    throw new UsageError(
+      `--fast-decode needs a DATA_DIR of JPEG files: ${
+        args.dummy
+          ? "--dummy's random images"
+          : "the demo's Fashion-MNIST images"
+      } are not decoded.`,
     );
   }
   if (args.knn && args.dummy) {

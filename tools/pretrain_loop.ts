@@ -15,6 +15,7 @@ import {
   cosineSchedule,
   type DataLoader,
   formatEpochSummary,
+  formatLoaderTiming,
   lamdaInvSchedule,
   type MEC,
   mecConstants,
@@ -123,6 +124,7 @@ export async function train(
   for (let epoch = position.epoch; epoch < args.epochs; epoch++) {
     const startBatch = epoch === position.epoch ? position.batch : 0;
     let mark = performance.now();
+    const epochStart = mark;
     let stopped: "interrupt" | "max-iters" | null = null;
     let nextBatch = startBatch;
     // The summary (the generator's return value) is read from the loader.
@@ -256,6 +258,13 @@ export async function train(
     const summary = loader.lastSummary;
     if (summary !== null) {
       console.log(formatEpochSummary(summary));
+      console.log(
+        formatLoaderTiming(
+          summary.timing,
+          summary.samples,
+          (performance.now() - epochStart) / 1000,
+        ),
+      );
       log.write({
         event: "epoch",
         epoch,
