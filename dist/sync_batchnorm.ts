@@ -261,7 +261,11 @@ export function syncBatchNorm(
     saved,
     (g, [sx, sm, si, sw]) => {
       // Local sum(dy * xhat) and sum(dy) from the backend's kernel, given the
-      // global statistics (its dx is overwritten below).
+      // global statistics (its dx is overwritten below). With a scale of
+      // ones, so that every backend computes both (oneDNN computes no scale
+      // gradient for a norm without a scale); neither depends on gamma.
+      const ones = Tensor.empty(backend, [c]);
+      backend.fill({ y: ones.buffer, value: 1 });
       const gx = Tensor.empty(backend, x.shape);
       const dScale = Tensor.empty(backend, [c]);
       const dBias = Tensor.empty(backend, [c]);
@@ -269,13 +273,14 @@ export function syncBatchNorm(
         x: sx.buffer,
         dy: g.buffer,
         dx: gx.buffer,
-        scale: null,
+        scale: ones.buffer,
         dScale: dScale.buffer,
         dBias: dBias.buffer,
         saveMean: sm.buffer,
         saveInvStd: si.buffer,
         desc,
       });
+      ones.dispose();
       const reduced = Tensor.empty(backend, [2 * c]);
       place(backend, dScale, reduced, 0);
       place(backend, dBias, reduced, c);
