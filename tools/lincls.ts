@@ -26,14 +26,14 @@
 
 import { join, resolve } from "node:path";
 import { type Dataset, imageFolder, LARS, SGD } from "../mod.ts";
+import { capWorkers, exists, EXIT, openDevice, UsageError } from "./cli.ts";
+import type { Ranks } from "../dist/parallel.ts";
 import {
-  capWorkers,
-  exists,
-  EXIT,
-  openDevice,
-  runMain,
-  UsageError,
-} from "./cli.ts";
+  perRankBatch,
+  probeParallel,
+  runTool,
+  silentLog,
+} from "./distributed.ts";
 import {
   DEMO_PRETRAIN,
   DEMO_PROBE,
@@ -118,8 +118,14 @@ function checkProbeMemory(
   );
 }
 
-/** Runs the tool on `argv`; returns the exit code. */
-export async function lincls(argv: readonly string[]): Promise<number> {
+/**
+ * Runs the tool on `argv`; returns the exit code. `ranks`: this process's
+ * place in a data-parallel run under `mpirun` (tools/distributed.ts).
+ */
+export async function lincls(
+  argv: readonly string[],
+  ranks: Ranks | null = null,
+): Promise<number> {
   const command = parseCommand<LinclsArgs>(argv, LINCLS_FLAGS);
   if (command.help) {
     console.log(helpText(USAGE, DESCRIPTION, LINCLS_FLAGS));
@@ -220,10 +226,13 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     );
   }
   args.workers = capWorkers(args.workers);
+  // -b is the global batch; each rank trains the head on its share.
+  const localBatch = perRankBatch(args.batchSize, ranks);
+  const root = ranks === null || ranks.isRoot;
   // The data folders are there (listing them may take a while), before the
   // run folder is looked at.
   if (!demo) await splitFolders(data);
-  const folder = given.evaluate ? null : await inspectRunFolder(
+  const folder = given.evaluate || !root ? null : await inspectRunFolder(
     args.out,
     LINCLS_FILES,
     {
@@ -233,7 +242,8 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     },
   );
   // The device and numerics are this run's choice, never the checkpoint's.
-  const deviceName = (given.device ?? "cpu") as string;
+  const requested = (given.device ?? "cpu") as string;
+  const deviceName = ranks?.device(requested) ?? requested;
   args.device = deviceName;
   args.tf32 = (given.tf32 ?? false) as boolean;
   args.deterministic = (given.deterministic ?? false) as boolean;
@@ -297,13 +307,18 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     bestAcc1 = probeMeta.bestAcc1;
   }
 
+  // Every rank probes rank 0's head, with SyncBN in it, on its shard.
+  const parallel = ranks === null
+    ? null
+    : await probeParallel(ranks, backend, probe.net, probe.head, localBatch);
+  const shard = ranks === null ? null : { rank: ranks.rank, size: ranks.size };
   const feeder = args.cacheFeatures
-    ? await CachedFeatures.extract(probe, train, val, args, test)
-    : new AugmentedFeatures(probe, train, val, args, test);
+    ? await CachedFeatures.extract(probe, train, val, args, test, shard)
+    : new AugmentedFeatures(probe, train, val, args, test, shard);
 
   if (given.evaluate !== undefined) {
     const split = feeder.hasTest ? "test" : "val";
-    const [acc1, acc5] = await evaluate(probe, feeder, split);
+    const [acc1, acc5] = await evaluate(probe, feeder, split, ranks);
     const k = Math.min(5, train.classes.length);
     console.log(
       ` * Acc@1 ${acc1.toFixed(3)} Acc@${k} ${acc5.toFixed(3)} (${split})`,
@@ -312,8 +327,8 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     return EXIT.ok;
   }
 
-  await startRun(folder!);
-  using log = await JsonLog.open(args.out);
+  if (folder !== null) await startRun(folder);
+  using log = root ? await JsonLog.open(args.out) : silentLog();
   log.write({
     event: "start",
     time: new Date().toISOString(),
@@ -332,11 +347,12 @@ export async function lincls(argv: readonly string[]): Promise<number> {
     log,
     startEpoch,
     bestAcc1,
+    parallel,
   });
   const k5 = Math.min(5, train.classes.length);
   let testAcc: [number, number] | null = null;
   if (feeder.hasTest) {
-    testAcc = await evaluate(probe, feeder, "test");
+    testAcc = await evaluate(probe, feeder, "test", ranks);
     assertFrozen(frozen, probe.net);
     log.write({
       event: "test",
@@ -443,4 +459,4 @@ async function splitFolders(data: string): Promise<string[]> {
   return dirs;
 }
 
-if (import.meta.main) runMain(() => lincls(Deno.args));
+if (import.meta.main) runTool((ranks) => lincls(Deno.args, ranks));

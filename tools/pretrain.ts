@@ -44,10 +44,16 @@ import {
   EXIT,
   Interrupt,
   openDevice,
-  runMain,
   UsageError,
 } from "./cli.ts";
+import type { Ranks } from "../dist/parallel.ts";
 import { DEMO_PRETRAIN, DEMO_VALIDATION, demoSplits } from "./demo.ts";
+import {
+  dataParallel,
+  perRankBatch,
+  runTool,
+  silentLog,
+} from "./distributed.ts";
 import { helpText, parseCommand } from "./flags.ts";
 import { KnnMonitor } from "./knn_monitor.ts";
 import { checkMemory, resnetCost, trainingMemory } from "./memory.ts";
@@ -100,8 +106,14 @@ class SlowDataset implements Dataset {
   }
 }
 
-/** Runs the tool on `argv`; returns the exit code. */
-export async function pretrain(argv: readonly string[]): Promise<number> {
+/**
+ * Runs the tool on `argv`; returns the exit code. `ranks`: this process's
+ * place in a data-parallel run under `mpirun` (tools/distributed.ts).
+ */
+export async function pretrain(
+  argv: readonly string[],
+  ranks: Ranks | null = null,
+): Promise<number> {
   const command = parseCommand<PretrainArgs>(argv, PRETRAIN_FLAGS);
   if (command.help) {
     console.log(helpText(USAGE, DESCRIPTION, PRETRAIN_FLAGS));
@@ -156,7 +168,9 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     );
   }
   args.workers = capWorkers(args.workers);
-  const deviceName = args.device;
+  // -b is the global batch; each rank trains on its share of it.
+  const localBatch = perRankBatch(args.batchSize, ranks);
+  const deviceName = ranks?.device(args.device) ?? args.device;
   // The batches and, on the CPU, the network's activations in host memory.
   const { featureDim } = resnetCost(
     args.arch,
@@ -176,8 +190,8 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
       extraParameters: headParameters(featureDim, args.dim, args.predDim),
       parameterCopies: 4,
     }),
-    args.batchSize,
-    `A batch of ${args.batchSize} pairs of ${args.imageSize} px views through a ${
+    localBatch,
+    `A batch of ${localBatch} pairs of ${args.imageSize} px views through a ${
       describeArch(args)
     }`,
     "--image-size or --width",
@@ -188,11 +202,15 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     await trainFolder(args.data!);
     if (args.knn) await valFolder(args.data!);
   }
-  const folder = await inspectRunFolder(args.out, PRETRAIN_FILES, {
-    resume: resumed !== null,
-    // Running the demo again replaces the last demo run in its own folder.
-    overwrite: given.overwrite === true || (demo && given.out === undefined),
-  });
+  // Rank 0 alone owns the run folder.
+  const root = ranks === null || ranks.isRoot;
+  const folder = !root
+    ? null
+    : await inspectRunFolder(args.out, PRETRAIN_FILES, {
+      resume: resumed !== null,
+      // Running the demo again replaces the last demo run in its own folder.
+      overwrite: given.overwrite === true || (demo && given.out === undefined),
+    });
   const backend = await openDevice(deviceName, {
     tf32: args.tf32,
     deterministic: args.deterministic,
@@ -206,7 +224,9 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     );
   }
 
-  const { dataset: trainSet, monitor } = await openData(args, demo);
+  const opened = await openData(args, demo);
+  const trainSet = opened.dataset;
+  const monitor = root ? opened.monitor : null;
   let dataset = trainSet;
   const slow = Number(Deno.env.get("MEC_TEST_SLOW_DATA_MS") ?? 0);
   if (slow > 0) dataset = new SlowDataset(dataset, slow);
@@ -214,7 +234,8 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
   await using loader = new DataLoader({
     dataset,
     views,
-    batchSize: args.batchSize,
+    batchSize: localBatch,
+    shard: ranks === null ? undefined : { rank: ranks.rank, size: ranks.size },
     seed: args.seed,
     workers: args.workers,
     fastDecode: args.fastDecode,
@@ -267,8 +288,12 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
 
   // From here on Ctrl-C saves (at the start position if no step is done).
   using interrupt = new Interrupt();
-  await startRun(folder);
-  using log = await JsonLog.open(args.out);
+  // Every rank starts from rank 0's weights (and, resumed, the same ones).
+  const parallel = ranks === null
+    ? null
+    : await dataParallel(ranks, backend, model, localBatch);
+  if (folder !== null) await startRun(folder);
+  using log = root ? await JsonLog.open(args.out) : silentLog();
   log.write({
     event: "start",
     time: new Date().toISOString(),
@@ -304,6 +329,7 @@ export async function pretrain(argv: readonly string[]): Promise<number> {
     log,
     interrupt,
     monitor,
+    parallel,
   );
   return result;
 }
@@ -371,4 +397,4 @@ async function valFolder(data: string): Promise<string> {
   return val;
 }
 
-if (import.meta.main) runMain(() => pretrain(Deno.args));
+if (import.meta.main) runTool((ranks) => pretrain(Deno.args, ranks));

@@ -26,6 +26,7 @@ import {
   type SGD,
   unreadableFiles,
 } from "../mod.ts";
+import type { DataParallel } from "../dist/parallel.ts";
 import { EXIT, type Interrupt } from "./cli.ts";
 import type { KnnMonitor } from "./knn_monitor.ts";
 import type { PretrainArgs, PretrainMetadata } from "./pretrain_args.ts";
@@ -52,10 +53,17 @@ export async function train(
   optimizer: SGD,
   loader: DataLoader,
   position: Position,
-  log: JsonLog,
+  log: Pick<JsonLog, "write">,
   interrupt: Interrupt,
   monitor: KnnMonitor | null = null,
+  parallel: DataParallel | null = null,
 ): Promise<number> {
+  // Under mpirun: rank 0 alone saves, and the ranks stop at the same step.
+  const saves = parallel === null || parallel.ranks.isRoot;
+  const stopRequested = () =>
+    parallel === null
+      ? interrupt.requested
+      : parallel.ranks.any(interrupt.requested, "the Ctrl-C check");
   const itersPerEpoch = loader.length;
   const shape = {
     epochs: args.epochs,
@@ -105,7 +113,7 @@ export async function train(
       args: { ...args, resume: null, overwrite: false, maxIters: null },
     };
     try {
-      await saveCheckpoint(path, { model, optimizer, metadata });
+      if (saves) await saveCheckpoint(path, { model, optimizer, metadata });
     } catch (e) {
       throw new Error(
         `${
@@ -132,7 +140,10 @@ export async function train(
       epoch,
       startBatch,
     );
-    const interrupted = interrupt.requestedSignal.then(() => null);
+    // Ranks stop together after a step, so under mpirun none stops a wait.
+    const interrupted = parallel === null
+      ? interrupt.requestedSignal.then(() => null)
+      : new Promise<null>(() => {});
     while (true) {
       // Ctrl-C while waiting for data stops the wait: there is no step to
       // finish, so the position before the awaited batch is saved at once.
@@ -166,7 +177,7 @@ export async function train(
             lamdaInv,
             mu,
             order: args.order,
-          });
+          }, parallel ?? undefined);
         });
       } catch (e) {
         if (e instanceof NonFiniteLossError) {
@@ -217,18 +228,20 @@ export async function train(
           `ETA ${formatDuration(remaining)}`,
         ]));
       }
+      // Once per step on every rank: under mpirun it is a collective.
+      const stopNow = stopRequested();
       // Every --knn-every iterations, except where an epoch's end measures.
       if (
         monitor !== null && args.knnEvery > 0 &&
         (iteration + 1) % args.knnEvery === 0 &&
-        nextBatch < itersPerEpoch && !interrupt.requested &&
+        nextBatch < itersPerEpoch && !stopNow &&
         iteration + 1 < last
       ) {
         await measureKnn(epoch, iteration + 1, `at iteration ${iteration + 1}`);
         // The measurement is not the next step's data wait.
         mark = performance.now();
       }
-      if (interrupt.requested) {
+      if (stopNow) {
         stopped = "interrupt";
         await batches.return(undefined);
         break;
@@ -298,7 +311,11 @@ function pad(epoch: number): string {
 }
 
 /** The steady-state throughput line (and log record) at the end of a run. */
-function reportSpeed(timer: StepTimer, steps: number, log: JsonLog): void {
+function reportSpeed(
+  timer: StepTimer,
+  steps: number,
+  log: Pick<JsonLog, "write">,
+): void {
   const s = timer.steady();
   if (s.steps === 0) {
     console.log(`Done: ${steps} iterations (too few to time steadily).`);

@@ -22,6 +22,7 @@ import {
   Sequential,
   type Tensor,
 } from "../mod.ts";
+import type { Ranks } from "../dist/parallel.ts";
 import type { LinclsArgs } from "./lincls_args.ts";
 import type { EvalSplit, Feeder } from "./probe_features.ts";
 
@@ -178,11 +179,15 @@ export function buildProbe(args: LinclsArgs, classes: number): Probe {
   );
 }
 
-/** Top-1 and top-5 (or top-k for fewer classes) in percent on a split. */
+/**
+ * Top-1 and top-5 (or top-k for fewer classes) in percent on a split;
+ * under `mpirun` each rank counts its shard and the counts are summed.
+ */
 export async function evaluate(
   probe: Probe,
   feeder: Feeder,
   split: EvalSplit = "val",
+  ranks: Ranks | null = null,
 ): Promise<[number, number]> {
   probe.head.eval();
   let n = 0;
@@ -201,5 +206,8 @@ export async function evaluate(
     n += labels.length;
   }
   probe.head.train();
+  if (ranks !== null) {
+    [c1, c5, n] = ranks.sum([c1, c5, n], "the accuracy counts");
+  }
   return [100 * c1 / n, 100 * c5 / n];
 }

@@ -16,6 +16,7 @@ import {
   type Tensor,
   tensor,
 } from "../mod.ts";
+import { shardLength, shardOrder } from "../data/sampler.ts";
 import type { LinclsArgs } from "./lincls_args.ts";
 import type { Probe } from "./probe.ts";
 import { probeEvalViewFor, probeTrainViewFor } from "./views.ts";
@@ -41,6 +42,22 @@ export interface Feeder {
 
 /** Rows of features per backbone pass: bounds memory, not the math. */
 export const CHUNK = 256;
+
+/**
+ * This rank's place under `mpirun`: it trains on its padded shard of each
+ * epoch (PyTorch's DistributedSampler, so that every rank's batches have
+ * the same sizes) and evaluates an uneven shard (each image once).
+ */
+export interface ProbeShard {
+  rank: number;
+  size: number;
+}
+
+/** The per-rank batch: the global one divided among the ranks. */
+function rankBatch(args: LinclsArgs, shard: ProbeShard | null, n: number) {
+  const local = shard === null ? args.batchSize : args.batchSize / shard.size;
+  return Math.min(local, shard === null ? n : shardLength(n, shard.size));
+}
 
 /** Features of every batch of a loader's epoch, chunk by chunk. */
 async function* featureBatches(
@@ -79,14 +96,16 @@ export class AugmentedFeatures implements Feeder {
     val: Dataset,
     readonly args: LinclsArgs,
     test: Dataset | null = null,
+    shard: ProbeShard | null = null,
   ) {
     this.#train = new DataLoader({
       dataset: train,
       views: [probeTrainViewFor(args.imageSize)],
-      batchSize: Math.min(args.batchSize, train.length),
+      batchSize: rankBatch(args, shard, train.length),
       seed: args.seed,
       workers: args.workers,
       dropLast: false,
+      shard: shard ?? undefined,
     });
     const evalLoader = (dataset: Dataset) =>
       new DataLoader({
@@ -97,6 +116,7 @@ export class AugmentedFeatures implements Feeder {
         workers: args.workers,
         shuffle: false,
         dropLast: false,
+        shard: shard === null ? undefined : { ...shard, tail: "uneven" },
       });
     this.#eval = new Map([["val", evalLoader(val)]]);
     if (test !== null) this.#eval.set("test", evalLoader(test));
@@ -149,6 +169,7 @@ export class CachedFeatures implements Feeder {
       EvalSplit,
       { features: Float32Array; labels: Int32Array }
     >,
+    readonly shard: ProbeShard | null,
   ) {}
 
   static async extract(
@@ -157,6 +178,7 @@ export class CachedFeatures implements Feeder {
     val: Dataset,
     args: LinclsArgs,
     test: Dataset | null = null,
+    shard: ProbeShard | null = null,
   ): Promise<CachedFeatures> {
     const view = probeEvalViewFor(args.imageSize);
     const all = async (dataset: Dataset, name: string) => {
@@ -192,12 +214,14 @@ export class CachedFeatures implements Feeder {
     const trainFeatures = await all(train, "train");
     const evals = new Map([["val" as EvalSplit, await all(val, "val")]]);
     if (test !== null) evals.set("test", await all(test, "test"));
+    // Every rank holds every feature (each epoch shards a new order).
     return new CachedFeatures(
       probe.featureDim,
-      args.batchSize,
+      rankBatch(args, shard, train.length),
       args.seed,
       trainFeatures,
       evals,
+      shard,
     );
   }
 
@@ -206,15 +230,20 @@ export class CachedFeatures implements Feeder {
   }
 
   trainBatches(): number {
-    return Math.ceil(this.train.labels.length / this.batchSize);
+    const n = this.train.labels.length;
+    const rows = this.shard === null ? n : shardLength(n, this.shard.size);
+    return Math.ceil(rows / this.batchSize);
   }
 
   async *trainEpoch(epoch: number) {
     const n = this.train.labels.length;
     // The loader's convention: epoch e's order from Generator(seed, e, -1).
-    const order = new Generator(this.seed, epoch, -1).permutation(n);
-    for (let start = 0; start < n; start += this.batchSize) {
-      const rows = Math.min(this.batchSize, n - start);
+    const all = new Generator(this.seed, epoch, -1).permutation(n);
+    const order = this.shard === null
+      ? all
+      : shardOrder(all, this.shard.rank, this.shard.size, "pad");
+    for (let start = 0; start < order.length; start += this.batchSize) {
+      const rows = Math.min(this.batchSize, order.length - start);
       // BatchNorm in training mode needs two samples or more.
       if (rows < 2) continue;
       const x = new Float32Array(rows * this.dim);
@@ -234,8 +263,13 @@ export class CachedFeatures implements Feeder {
   async *evalChunks(split: EvalSplit) {
     const features = this.evals.get(split);
     if (features === undefined) throw new Error(`No ${split} split was given.`);
-    const n = features.labels.length;
-    for (let start = 0; start < n; start += CHUNK) {
+    const all = features.labels.length;
+    // Under mpirun a contiguous block per rank: each image counted once.
+    const size = this.shard?.size ?? 1;
+    const rank = this.shard?.rank ?? 0;
+    const first = Math.floor(rank * all / size);
+    const n = Math.floor((rank + 1) * all / size);
+    for (let start = first; start < n; start += CHUNK) {
       const rows = Math.min(CHUNK, n - start);
       yield {
         x: tensor(

@@ -16,6 +16,7 @@ import {
   scope,
   type SGD,
 } from "../mod.ts";
+import type { DataParallel } from "../dist/parallel.ts";
 import type { LinclsArgs, ProbeMetadata } from "./lincls_args.ts";
 import { assertFrozen, evaluate, type Probe } from "./probe.ts";
 import type { Feeder } from "./probe_features.ts";
@@ -30,10 +31,15 @@ export interface ProbeRun {
   feeder: Feeder;
   /** The backbone's tensors before probing, to check them against. */
   frozen: ReadonlyMap<string, Float32Array>;
-  log: JsonLog;
+  log: Pick<JsonLog, "write">;
   startEpoch: number;
   /** The best top-1 so far (a resumed probe's, or 0). */
   bestAcc1: number;
+  /**
+   * Under `mpirun`: the head's gradients averaged over the ranks, SyncBN in
+   * it, and rank 0 alone saving.
+   */
+  parallel?: DataParallel | null;
 }
 
 /** How the probe ended: its final epoch, and the best by validation top-1. */
@@ -50,6 +56,8 @@ export interface ProbeOutcome {
 /** Trains the head from `startEpoch` to `args.epochs`. */
 export async function trainProbe(run: ProbeRun): Promise<ProbeOutcome> {
   const { args, backend, probe, optimizer, feeder, frozen, log } = run;
+  const parallel = run.parallel ?? null;
+  const ranks = parallel?.ranks ?? null;
   const initLr = args.lr * args.batchSize / 256;
   const k5 = Math.min(5, probe.classes);
   let bestAcc1 = run.bestAcc1;
@@ -68,8 +76,10 @@ export async function trainProbe(run: ProbeRun): Promise<ProbeOutcome> {
     for await (const { x, labels } of feeder.trainEpoch(epoch)) {
       const loss = scope(() => {
         optimizer.zeroGrad();
+        parallel?.checkBatch(labels.length);
         const l = crossEntropy(probe.head.forward(x), labels);
-        l.backward();
+        l.backward(undefined, parallel?.backwardOptions());
+        parallel?.finishGradients();
         optimizer.step();
         return l.item();
       });
@@ -97,7 +107,7 @@ export async function trainProbe(run: ProbeRun): Promise<ProbeOutcome> {
       iteration++;
     }
     assertFrozen(frozen, probe.net);
-    const [acc1, acc5] = await evaluate(probe, feeder);
+    const [acc1, acc5] = await evaluate(probe, feeder, "val", ranks);
     const isBest = acc1 > bestAcc1;
     if (isBest) bestEpoch = epoch;
     bestAcc1 = Math.max(acc1, bestAcc1);
@@ -128,8 +138,10 @@ export async function trainProbe(run: ProbeRun): Promise<ProbeOutcome> {
         optimizer,
         metadata,
       });
-    await save("probe_last.safetensors");
-    if (isBest) await save("probe_best.safetensors");
+    if (ranks === null || ranks.isRoot) {
+      await save("probe_last.safetensors");
+      if (isBest) await save("probe_best.safetensors");
+    }
   }
   assertFrozen(frozen, probe.net);
   return {

@@ -19,14 +19,32 @@ export async function haveMpirun(): Promise<boolean> {
   }
 }
 
-/** What `mpirun -np N deno run -A script` printed, within `seconds`. */
-export async function mpirun(
+/** What a job printed, its exit code, and how long it ran. */
+export interface JobResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+/** Options of {@link startMpirun}. */
+export interface JobOptions {
+  /** Killed (SIGKILL) after this many seconds (default 120). */
+  seconds?: number;
+  /** Environment variables, passed to every rank. */
+  env?: Record<string, string>;
+  /** Options of mpirun itself, before the program. */
+  mpirunArgs?: string[];
+}
+
+/** Starts `mpirun -np N deno run -A script args` on this machine's cores. */
+export function startMpirun(
   np: number,
   script: string,
   args: string[] = [],
-  seconds = 120,
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
+  options: JobOptions = {},
+): { child: Deno.ChildProcess; result: Promise<JobResult> } {
+  const env = options.env ?? {};
   const t0 = performance.now();
   const child = new Deno.Command("mpirun", {
     args: [
@@ -38,6 +56,7 @@ export async function mpirun(
       "-x",
       "MEC_BLAS_THREADS=1",
       ...Object.keys(env).flatMap((k) => ["-x", k]),
+      ...(options.mpirunArgs ?? []),
       Deno.execPath(),
       "run",
       "-A",
@@ -45,18 +64,34 @@ export async function mpirun(
       ...args,
     ],
     cwd: ROOT,
-    env,
+    env: { NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), seconds * 1000);
-  const out = await child.output();
-  clearTimeout(timer);
-  const decode = (b: Uint8Array) => new TextDecoder().decode(b);
-  return {
-    code: out.code,
-    stdout: decode(out.stdout),
-    stderr: decode(out.stderr),
-    ms: performance.now() - t0,
-  };
+  const timer = setTimeout(
+    () => child.kill("SIGKILL"),
+    (options.seconds ?? 120) * 1000,
+  );
+  const result = child.output().then((out) => {
+    clearTimeout(timer);
+    const decode = (b: Uint8Array) => new TextDecoder().decode(b);
+    return {
+      code: out.code,
+      stdout: decode(out.stdout),
+      stderr: decode(out.stderr),
+      ms: performance.now() - t0,
+    };
+  });
+  return { child, result };
+}
+
+/** What `mpirun -np N deno run -A script` printed, within `seconds`. */
+export function mpirun(
+  np: number,
+  script: string,
+  args: string[] = [],
+  seconds = 120,
+  env: Record<string, string> = {},
+): Promise<JobResult> {
+  return startMpirun(np, script, args, { seconds, env }).result;
 }
