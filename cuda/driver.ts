@@ -66,6 +66,10 @@ export const DRIVER_SYMBOLS = {
   cuStreamCreate: { parameters: ["buffer", "u32"], result: "i32" },
   cuStreamSynchronize: { parameters: ["pointer"], result: "i32" },
   cuStreamDestroy_v2: { parameters: ["pointer"], result: "i32" },
+  cuStreamWaitEvent: {
+    parameters: ["pointer", "pointer", "u32"],
+    result: "i32",
+  },
   cuEventCreate: { parameters: ["buffer", "u32"], result: "i32" },
   cuEventRecord: { parameters: ["pointer", "pointer"], result: "i32" },
   cuEventSynchronize: { parameters: ["pointer"], result: "i32" },
@@ -367,6 +371,17 @@ export function streamSynchronize(stream: Deno.PointerValue): void {
 
 export function streamDestroy(stream: Deno.PointerValue): void {
   check(sym().cuStreamDestroy_v2(stream), "cuStreamDestroy_v2");
+}
+
+/**
+ * Work queued on `stream` after this waits until `event`'s recorded work is
+ * done, without blocking the host.
+ */
+export function streamWaitEvent(
+  stream: Deno.PointerValue,
+  event: Deno.PointerValue,
+): void {
+  check(sym().cuStreamWaitEvent(stream, event, 0), "cuStreamWaitEvent");
 }
 
 export function eventCreate(flags = EVENT_DEFAULT): Deno.PointerValue {

@@ -4,22 +4,25 @@
  * every rank then joins the NCCL communicator with its MPI rank, so MPI
  * launches and bootstraps and NCCL moves the data.
  *
- * Collectives are queued on the backend's one stream, in order with the
- * kernels around them: a collective needs no wait on the host, and what
- * reads its result runs after it. (On one stream the GPU runs a bucket's
- * all-reduce between the backward kernels queued before and after it.)
+ * Every collective runs on one communication stream, in the order it was
+ * issued (NCCL needs one order on every rank), fenced by events against
+ * the backend's compute stream: it starts after the kernels queued before
+ * it, and the kernels queued after a blocking collective wait for it, all
+ * without blocking the host. A gradient bucket's all-reduce
+ * (`startAllReduce`) fences only its start: the backward kernels queued
+ * after it run beside it, and `wait()` makes the compute stream wait for
+ * it before the optimiser reads the averages.
  *
  * @module
  */
 
 import type { CudaBackend } from "../cuda/backend.ts";
 import { addr, cudaBuffer } from "../cuda/buffer.ts";
+import * as cu from "../cuda/driver.ts";
 import { NcclComm, SUM, UNIQUE_ID_BYTES, uniqueId } from "../cuda/nccl.ts";
 import type { DataBuffer } from "../nn/backend.ts";
 import type { Communicator, Pending } from "./communicator.ts";
 import type { MpiWorld } from "./mpi.ts";
-
-const queued: Pending = { test: () => true, wait: () => {} };
 
 /**
  * The NCCL unique id: made by rank 0 (no GPU work), broadcast to all ranks
@@ -36,41 +39,69 @@ export class NcclCommunicator implements Communicator {
   readonly rank: number;
   readonly size: number;
   readonly #comm: NcclComm;
+  /** The stream every collective runs on. */
+  readonly #stream: Deno.PointerValue;
 
   /** Joins every rank's GPU (blocks until all ranks have joined). */
   constructor(readonly world: MpiWorld, readonly backend: CudaBackend) {
     const id = sharedUniqueId(world);
     this.#comm = NcclComm.initRank(world.size, id, world.rank);
+    this.#stream = cu.streamCreate(cu.STREAM_NON_BLOCKING);
     this.rank = world.rank;
     this.size = world.size;
   }
 
   allReduce(buffer: DataBuffer, offset = 0, length?: number): void {
-    const n = length ?? buffer.length - offset;
-    checkRange(buffer, offset, n);
-    const at = addr(buffer, offset);
-    this.#comm.allReduce(at, at, n, SUM, this.backend.stream);
+    this.startAllReduce(buffer, offset, length ?? buffer.length - offset)
+      .wait();
   }
 
   startAllReduce(buffer: DataBuffer, offset: number, length: number): Pending {
-    this.allReduce(buffer, offset, length);
-    return queued;
+    checkRange(buffer, offset, length);
+    const at = addr(buffer, offset);
+    return this.#collective((stream) =>
+      this.#comm.allReduce(at, at, length, SUM, stream)
+    );
   }
 
   allGather(send: DataBuffer, recv: DataBuffer, count: number): void {
     checkRange(send, 0, count);
     checkRange(recv, 0, count * this.size);
-    this.#comm.allGather(
-      addr(send),
-      addr(recv),
-      count,
-      this.backend.stream,
-    );
+    this.#collective((stream) =>
+      this.#comm.allGather(addr(send), addr(recv), count, stream)
+    ).wait();
   }
 
   broadcast(buffer: DataBuffer, root = 0): void {
     const at = addr(buffer);
-    this.#comm.broadcast(at, at, buffer.length, root, this.backend.stream);
+    this.#collective((stream) =>
+      this.#comm.broadcast(at, at, buffer.length, root, stream)
+    ).wait();
+  }
+
+  /**
+   * Queues a collective on the communication stream after the compute
+   * stream's queued work; `wait()` makes the compute stream wait for it.
+   */
+  #collective(queue: (stream: Deno.PointerValue) => void): Pending {
+    const start = cu.eventCreate(cu.EVENT_DISABLE_TIMING);
+    cu.eventRecord(start, this.backend.stream);
+    cu.streamWaitEvent(this.#stream, start);
+    // Destroying a recorded event frees it once its work is done.
+    cu.eventDestroy(start);
+    queue(this.#stream);
+    const end = cu.eventCreate(cu.EVENT_DISABLE_TIMING);
+    cu.eventRecord(end, this.#stream);
+    let waited = false;
+    return {
+      test: () => true,
+      wait: () => {
+        if (waited) return;
+        waited = true;
+        cu.streamWaitEvent(this.backend.stream, end);
+        cu.eventDestroy(end);
+      },
+    };
   }
 
   /** Throws the error a queued collective met, if any. */
@@ -81,6 +112,7 @@ export class NcclCommunicator implements Communicator {
   /** Frees the communicator after the queued work (or at once: `abort`). */
   destroy(): void {
     this.#comm.destroy();
+    cu.streamDestroy(this.#stream);
   }
 
   abort(): void {
