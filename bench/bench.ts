@@ -20,6 +20,7 @@
  * @module
  */
 
+import process from "node:process";
 import { CpuBackend } from "../cpu/backend.ts";
 import { blas } from "../cpu/blas.ts";
 import { setDefaultDevice, useDevice } from "../mod.ts";
@@ -42,6 +43,8 @@ interface Case {
   sync?: () => void;
   /** The implementation that ran it, where the backend chose one. */
   impl?: () => string | undefined;
+  /** Bytes a memory-bound kernel must move per run, at least. */
+  bytes?: number;
 }
 
 const BATCH = 8;
@@ -236,7 +239,12 @@ function report(
 /**
  * The memory-bound kernels of a training step on a layer1-sized activation
  * [8, 256, 56, 56] (the stem's [8, 64, 112, 112] for max pooling), through
- * the backend interface. `flops` counts elements here.
+ * the backend interface, beside a 256 MB copy that measures the machine's
+ * memory bandwidth. `flops` counts elements here; `bytes` is the traffic
+ * each kernel cannot avoid (4 bytes per element read or written, counting
+ * the reads a two-pass kernel makes: batch norm reads x once for the
+ * statistics and once to normalise), so that GB/s over the copy's GB/s says
+ * how close a kernel runs to the memory's limit.
  */
 function kernelCases(): Case[] {
   const be = new CpuBackend();
@@ -274,14 +282,30 @@ function kernelCases(): Case[] {
   };
   const poolIn = n * 64 * 112 * 112;
   const full = [1, 1, size] as const;
-  const k = (name: string, elements: number, run: () => void): Case => ({
+  const k = (
+    name: string,
+    elements: number,
+    bytesPerElement: number,
+    run: () => void,
+  ): Case => ({
     name: `kernel ${name}`,
     flops: elements,
+    bytes: elements * bytesPerElement,
     run,
     sync: () => be.synchronize(),
   });
+  const copyLength = 64 * 2 ** 20;
+  const [copyFrom, copyTo] = [buffer(copyLength), buffer(copyLength)];
   return [
-    k("batch norm fwd train", size, () =>
+    k("copy 256 MB", copyLength, 8, () =>
+      be.copy({
+        src: copyFrom,
+        srcOffset: 0,
+        dst: copyTo,
+        dstOffset: 0,
+        length: copyLength,
+      })),
+    k("batch norm fwd train", size, 12, () =>
       be.batchNormForwardTraining({
         x,
         y,
@@ -293,7 +317,7 @@ function kernelCases(): Case[] {
         saveInvStd,
         desc: bn,
       })),
-    k("batch norm fwd eval", size, () =>
+    k("batch norm fwd eval", size, 8, () =>
       be.batchNormForwardInference({
         x,
         y,
@@ -303,7 +327,7 @@ function kernelCases(): Case[] {
         estimatedVariance: variance,
         desc: bn,
       })),
-    k("batch norm bwd", size, () =>
+    k("batch norm bwd", size, 20, () =>
       be.batchNormBackward({
         x,
         dy,
@@ -315,9 +339,9 @@ function kernelCases(): Case[] {
         saveInvStd,
         desc: bn,
       })),
-    k("relu fwd", size, () => be.reluForward({ x, y, length: size })),
-    k("relu bwd", size, () => be.reluBackward({ y, dy, dx, length: size })),
-    k("add", size, () =>
+    k("relu fwd", size, 8, () => be.reluForward({ x, y, length: size })),
+    k("relu bwd", size, 12, () => be.reluBackward({ y, dy, dx, length: size })),
+    k("add", size, 12, () =>
       be.opTensor({
         op: "add",
         alpha1: 1,
@@ -332,9 +356,10 @@ function kernelCases(): Case[] {
     k(
       "axpby",
       size,
+      12,
       () => be.axpby({ n: size, alpha: 1, x, beta: 1, y }),
     ),
-    k("global avg pool", size, () =>
+    k("global avg pool", size, 4, () =>
       be.reduceSum({
         alpha: 1 / hw,
         x,
@@ -346,11 +371,13 @@ function kernelCases(): Case[] {
     k(
       "max pool 3x3/2 fwd",
       poolIn,
+      5,
       () => be.maxPoolForward({ x, y, desc: pool }),
     ),
     k(
       "max pool 3x3/2 bwd",
       poolIn,
+      10,
       () => be.maxPoolBackward({ x, y, dy, dx, desc: pool }),
     ),
   ];
@@ -424,14 +451,28 @@ function convSection(): void {
 function kernelSection(): void {
   const kernels = kernelCases();
   const kernelSeconds = timeAll(kernels);
+  const gbps = (c: Case) => c.bytes! / kernelSeconds.get(c)! / 1e9;
+  const copy = gbps(kernels[0]);
   for (const c of kernels) {
-    report(c.name, c.flops / kernelSeconds.get(c)! / 1e9, "Gelem/s");
+    const elements = c.flops / kernelSeconds.get(c)! / 1e9;
+    if (json) {
+      report(c.name, elements, "Gelem/s");
+      report(`${c.name} bandwidth`, gbps(c), "GB/s");
+      report(`${c.name} / copy bandwidth`, gbps(c) / copy, "ratio");
+    } else {
+      const note = ` = ${gbps(c).toFixed(1)} GB/s, ${
+        (100 * gbps(c) / copy).toFixed(0)
+      } % of the copy's`;
+      report(c.name, elements, "Gelem/s", note);
+    }
   }
 }
 
 /**
  * Best images/s over `rounds` runs after one warm-up run, reading the clock
- * after the device has finished the queued work (`sync`).
+ * after the device has finished the queued work (`sync`), with the process's
+ * CPU time during that run (all threads; time other tenants of a shared
+ * machine take is not in it).
  */
 async function imagesPerSecond(
   c: {
@@ -440,27 +481,73 @@ async function imagesPerSecond(
     sync?: () => void;
   },
   rounds: number,
-) {
+): Promise<{ rate: number; seconds: number; cpuSeconds: number }> {
   const sync = c.sync ?? (() => {});
   await c.run();
   sync();
-  let best = Infinity;
+  let best = { seconds: Infinity, cpuSeconds: 0 };
   for (let r = 0; r < rounds; r++) {
     const t = performance.now();
+    const cpu = process.cpuUsage();
     await c.run();
     sync();
-    best = Math.min(best, (performance.now() - t) / 1000);
+    const seconds = (performance.now() - t) / 1000;
+    const used = process.cpuUsage(cpu);
+    if (seconds < best.seconds) {
+      best = { seconds, cpuSeconds: (used.user + used.system) / 1e6 };
+    }
   }
-  return c.images / best;
+  return { rate: c.images / best.seconds, ...best };
 }
 
+/** The process's peak resident memory (VmHWM) in bytes, or null. */
+function peakResident(): number | null {
+  try {
+    const status = Deno.readTextFileSync("/proc/self/status");
+    return Number(/^VmHWM:\s+(\d+)\s+kB/m.exec(status)![1]) * 1024;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Each case's rate, with its CPU seconds beside its wall seconds and the
+ * process's peak resident memory so far (cases run in order, so a case's
+ * figure covers the cases before it too: run one section alone to see one).
+ */
 async function modelSection(cases: ModelCase[], unit: string): Promise<void> {
-  for (const c of cases) report(c.name, await imagesPerSecond(c, 1), unit);
+  for (const c of cases) {
+    const r = await imagesPerSecond(c, 1);
+    const peak = peakResident();
+    if (json) {
+      report(c.name, r.rate, unit);
+      report(
+        `${c.name} cpu seconds per wall second`,
+        r.cpuSeconds / r.seconds,
+        "ratio",
+      );
+      if (peak !== null) {
+        report(`${c.name} peak resident`, peak / 2 ** 20, "MB");
+      }
+    } else {
+      const memory = peak === null
+        ? ""
+        : `, peak resident ${(peak / 2 ** 20).toFixed(0)} MB`;
+      report(
+        c.name,
+        r.rate,
+        unit,
+        `  (${r.seconds.toFixed(2)} s wall, ${
+          r.cpuSeconds.toFixed(2)
+        } s CPU${memory})`,
+      );
+    }
+  }
 }
 
 async function dataSection(): Promise<void> {
   for (const c of dataCases()) {
-    report(c.name, await imagesPerSecond(c, 3), "images/s");
+    report(c.name, (await imagesPerSecond(c, 3)).rate, "images/s");
     await c.close?.();
   }
 }

@@ -115,9 +115,25 @@ function kernelMode(): "dnnl" | "ts" {
   throw new Error(`MEC_KERNELS must be dnnl or ts, got "${mode}"`);
 }
 
+/**
+ * `MEC_CPU_CACHE_MB`: the most megabytes the allocator keeps cached for
+ * reuse (unlimited when unset).
+ */
+function cacheLimit(): number {
+  const value = Deno.env.get("MEC_CPU_CACHE_MB");
+  if (value === undefined || value === "") return Infinity;
+  const mb = Number(value);
+  if (!(mb >= 0)) {
+    throw new Error(
+      `MEC_CPU_CACHE_MB must be a number of megabytes, got "${value}"`,
+    );
+  }
+  return mb * 2 ** 20;
+}
+
 export class CpuBackend implements Backend {
   readonly name = "cpu";
-  #allocator = new CachingAllocator();
+  #allocator = new CachingAllocator(cacheLimit());
   #scratch = new Scratch();
   #blas: Blas | null = null;
   #scratchFn = (length: number) => this.#scratch.get(length);
@@ -174,12 +190,21 @@ export class CpuBackend implements Backend {
 
   memory(): MemoryInfo {
     const m = this.#allocator.memory();
-    return { allocated: m.allocated, cached: m.cached + this.#scratch.bytes };
+    return {
+      allocated: m.allocated,
+      cached: m.cached + this.#scratch.bytes,
+      peak: m.peak,
+    };
   }
 
   emptyCache(): void {
     this.#allocator.empty();
     this.#scratch.release();
+  }
+
+  /** Drops the cached arrays no allocation used since the last call. */
+  trimCache(): void {
+    this.#allocator.trim();
   }
 
   gemm(g: GemmArgs): void {

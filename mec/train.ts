@@ -86,7 +86,7 @@ function step(
   s: StepSettings,
   parallel?: StepParallel,
 ): StepResult {
-  return scope(() => {
+  const result = scope(() => {
     optimizer.lr = s.lr;
     optimizer.zeroGrad();
     parallel?.checkBatch(x1.shape[0]);
@@ -124,6 +124,9 @@ function step(
     model.updateTeacher(s.teacherMomentum);
     return { loss: value, mec: mecValue * s.mu };
   });
+  // The cache keeps what this step reused and gives back the rest.
+  x1.backend.trimCache?.();
+  return result;
 }
 
 /** The values of one-element tensors, gathered on the device, read at once. */

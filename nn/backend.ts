@@ -550,6 +550,12 @@ export interface Backend {
   memory(): MemoryInfo;
   /** Releases cached blocks to the system. */
   emptyCache(): void;
+  /**
+   * Releases the cached blocks that no allocation used since the last call.
+   * A training loop calls it once per step, so the cache keeps what every
+   * step reuses and returns the rest. Backends without it keep their cache.
+   */
+  trimCache?(): void;
 
   // --- BLAS -----------------------------------------------------------------
   gemm(args: GemmArgs): void;

@@ -59,6 +59,7 @@ const KIND_OF: Record<OpName, ProfileKind> = {
   alloc: "allocation",
   free: "allocation",
   emptyCache: "allocation",
+  trimCache: "allocation",
   write: "host copies",
   read: "host copies",
   copy: "elementwise",
@@ -131,7 +132,12 @@ function isBuffer(v: unknown): v is DataBuffer {
  */
 function elementsTouched(op: OpName, args: unknown[]): number {
   const a = args[0];
-  if (op === "alloc" || op === "free" || op === "emptyCache") return 0;
+  if (
+    op === "alloc" || op === "free" || op === "emptyCache" ||
+    op === "trimCache"
+  ) {
+    return 0;
+  }
   if (op === "write") return 2 * (args[1] as Float32Array).length;
   if (op === "read") {
     const b = args[0] as DataBuffer;

@@ -567,7 +567,15 @@ Deno.test("8: on a full disk the error names the file, the last checkpoint keeps
   }
   try {
     const out = join(disk, "run");
-    const first = await run("pretrain", [data, ...TINY, "--out", out]);
+    // The checkpoint's and the log's bytes on a full disk: no event file
+    // takes the last free page first.
+    const first = await run("pretrain", [
+      data,
+      ...TINY,
+      "--no-tensorboard",
+      "--out",
+      out,
+    ]);
     assert.equal(first.code, 0, first.stderr);
     const ckpt = join(out, "checkpoint_0000.safetensors");
     const before = await Deno.readFile(ckpt);
@@ -582,6 +590,7 @@ Deno.test("8: on a full disk the error names the file, the last checkpoint keeps
       ckpt,
       "--epochs",
       "2",
+      "--no-tensorboard",
     ]);
     assertSentence(
       second,
@@ -613,6 +622,7 @@ Deno.test("8: on a full disk the error names the file, the last checkpoint keeps
       ckpt,
       "--epochs",
       "2",
+      "--no-tensorboard",
     ]);
     assertSentence(
       third,
@@ -705,7 +715,12 @@ Deno.test("9: a second run into another run's folder is refused unless --resume 
   assert.equal(replaced.code, 0, replaced.stderr);
   assert.match(
     replaced.stdout,
-    /^Replacing the previous run: removed its checkpoint_0000\.safetensors, log\.jsonl from /m,
+    /^Replacing the previous run: removed its checkpoint_0000\.safetensors, events\.out\.tfevents\.\d{10}\.[^,]+, log\.jsonl from /m,
+  );
+  assert.equal(
+    (await names(out)).filter((n) => n.startsWith("events.out.")).length,
+    1,
+    "the replaced run's event file is gone, the new run's is there",
   );
   const starts = (await Deno.readTextFile(join(out, "log.jsonl")))
     .split("\n").filter((l) => l.includes('"event":"start"'));
@@ -737,7 +752,7 @@ Deno.test("9: the demo run again replaces the last demo run in its own folder, a
   assert.equal(again.code, 0, again.stderr);
   assert.match(
     again.stdout,
-    /^Replacing the previous run: removed its log\.jsonl from runs\/demo\.$/m,
+    /^Replacing the previous run: removed its events\.out\.tfevents\.\d{10}\.[^,]+, log\.jsonl from runs\/demo\.$/m,
   );
   // Named explicitly, the same folder is protected like any other.
   const named = await run("pretrain", [...demo, "--out", "runs/demo"], { cwd });
@@ -779,6 +794,8 @@ Deno.test("10: stale temporary files of interrupted checkpoint writes are remove
       "m",
     ),
   );
+  const events = (await names(out)).filter((n) => n.startsWith("events.out."));
+  assert.equal(events.length, 1);
   assert.deepEqual(
     await names(out),
     [
@@ -786,6 +803,7 @@ Deno.test("10: stale temporary files of interrupted checkpoint writes are remove
       recentLegacy,
       foreign,
       "checkpoint_0000.safetensors",
+      events[0],
       "log.jsonl",
     ].sort(),
   );

@@ -9,6 +9,7 @@ import { downsample } from "../tools/report_charts.ts";
 import { readRunLog } from "../tools/run_log.ts";
 import { makeImageFolders, PERMISSIONS, ROOT } from "./tool_runs.ts";
 import { assert } from "./assert.ts";
+import { decodeEvent, readRecords } from "./tfevents.ts";
 import { testDevice } from "./device.ts";
 
 interface Run {
@@ -52,6 +53,53 @@ function figures(html: string): Map<string, string> {
   return found;
 }
 
+/**
+ * The run folder's event files, one per start, each beginning with the
+ * file version and a start at the step given, hold `tag` at every step
+ * the log records `field` for (float32, as TensorBoard keeps scalars),
+ * the later process's value where a resumed run repeated a step.
+ */
+async function assertEventFiles(
+  dir: string,
+  startSteps: number[],
+  tag: string,
+  event: string,
+  field: string,
+): Promise<void> {
+  const names = [...Deno.readDirSync(dir)].map((e) => e.name)
+    .filter((n) => n.startsWith("events.out.tfevents.")).sort();
+  assert.equal(names.length, startSteps.length, `event files in ${dir}`);
+  const logged = new Map<number, number>();
+  const isProbe = event === "eval";
+  for (
+    const line of (await Deno.readTextFile(join(dir, "log.jsonl"))).trim()
+      .split("\n")
+  ) {
+    const r = JSON.parse(line);
+    if (r.event === event) {
+      logged.set(isProbe ? r.epoch + 1 : r.iteration, Math.fround(r[field]));
+    }
+  }
+  const written = new Map<number, number>();
+  for (const [i, name] of names.entries()) {
+    const events = readRecords(await Deno.readFile(join(dir, name))).map(
+      decodeEvent,
+    );
+    assert.equal(events[0].fileVersion, "brain.Event:2");
+    assert.deepEqual(events[1], {
+      ...events[1],
+      step: startSteps[i],
+      sessionStatus: 1,
+    });
+    for (const e of events.slice(2)) {
+      const value = e.values?.find(([t]) => t === tag)?.[1];
+      if (value !== undefined) written.set(e.step, value);
+    }
+  }
+  assert.ok(logged.size > 0);
+  assert.deepEqual(written, logged);
+}
+
 Deno.test("report draws a chart per logged metric of a real pretraining and its probe, on a page that loads nothing", async () => {
   const data = join(tmp, "data");
   await makeImageFolders(data);
@@ -66,6 +114,14 @@ Deno.test("report draws a chart per logged metric of a real pretraining and its 
     ...["--warmup-epochs", "1", "--out", pretrain],
   ]);
   assert.equal(p.code, 0, p.stderr);
+  // Resumed after the first epoch: iterations 2 and 3 run again, into a
+  // second event file that starts there.
+  const resumed = await deno("tools/pretrain.ts", [
+    ...["--resume", join(pretrain, "checkpoint_0000.safetensors")],
+    ...["--device", testDevice],
+  ]);
+  assert.equal(resumed.code, 0, resumed.stderr);
+  await assertEventFiles(pretrain, [0, 2], "train/loss", "step", "loss");
   const l = await deno("tools/lincls.ts", [
     data,
     ...tiny,
@@ -73,6 +129,7 @@ Deno.test("report draws a chart per logged metric of a real pretraining and its 
     ...["--out", probe],
   ]);
   assert.equal(l.code, 0, l.stderr);
+  await assertEventFiles(probe, [1], "probe/top1", "eval", "acc1");
 
   const out = join(tmp, "both.html");
   const r = await report([pretrain, probe, "--out", out]);
@@ -190,7 +247,7 @@ Deno.test("the log reader keeps a resumed run's later steps and leaves out an un
   assert.deepEqual(run.series.get("knnTop1"), [{ x: 2, y: 12.5 }]);
 });
 
-Deno.test("the log reader places the probe's steps within their epoch and its evaluations at the epoch's end", async () => {
+Deno.test("the log reader places the probe's steps within their epoch, its evaluations at the epoch's end, and reads its test", async () => {
   const dir = join(tmp, "probe-log");
   await Deno.mkdir(dir);
   const records = [
@@ -201,6 +258,7 @@ Deno.test("the log reader places the probe's steps within their epoch and its ev
     { event: "step", epoch: 1, iteration: 0, loss: 2, lr: 0.1 },
     { event: "step", epoch: 1, iteration: 1, loss: 1, lr: 0.1 },
     { event: "eval", epoch: 1, acc1: 40, acc5: 95, bestAcc1: 50 },
+    { event: "test", epoch: 1, acc1: 45, acc5: 96 },
   ];
   await Deno.writeTextFile(
     join(dir, "log.jsonl"),
@@ -226,6 +284,7 @@ Deno.test("the log reader places the probe's steps within their epoch and its ev
     accK: 95,
     bestAcc1: 50,
   });
+  assert.deepEqual(run.test, { epoch: 1, acc1: 45, k: 5, accK: 96 });
 });
 
 Deno.test("downsample() averages equal groups of consecutive points, x and y alike", () => {

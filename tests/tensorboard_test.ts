@@ -14,6 +14,9 @@ import {
   tfRecord,
 } from "../tools/tensorboard.ts";
 import { JsonLog } from "../tools/progress.ts";
+import { parseCommand } from "../tools/flags.ts";
+import { LINCLS_FLAGS, OFFICIAL } from "../tools/lincls_args.ts";
+import { PAPER, PRETRAIN_FLAGS } from "../tools/pretrain_args.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { crc32cBitwise, decodeEvent, mask, readRecords } from "./tfevents.ts";
 
@@ -231,6 +234,10 @@ Deno.test("the JSON-lines log sends pretraining's and the probe's scalars to an 
       },
     );
     assert.equal(PROBE_SCALARS({ event: "step", epoch: 0, loss: 1 }), null);
+    assert.deepEqual(
+      PROBE_SCALARS({ event: "test", epoch: 9, acc1: 81.5, acc5: 99 }),
+      { step: 10, values: { "probe/test_top1": 81.5, "probe/test_top5": 99 } },
+    );
     // Without the option there is no event file.
     const plain = await JsonLog.open(join(dir, "plain"));
     plain.write({ event: "step", iteration: 0, loss: 1 });
@@ -242,5 +249,22 @@ Deno.test("the JSON-lines log sends pretraining's and the probe's scalars to an 
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("both tools write event files by default, and --no-tensorboard turns them off", () => {
+  assert.equal(PAPER.tensorboard, true);
+  assert.equal(OFFICIAL.tensorboard, true);
+  for (const flags of [PRETRAIN_FLAGS, LINCLS_FLAGS]) {
+    const off = parseCommand<{ tensorboard: boolean }>(
+      ["--no-tensorboard"],
+      flags,
+    );
+    assert.equal(off.given.tensorboard, false);
+    assert.equal(
+      parseCommand<{ tensorboard: boolean }>(["--tensorboard"], flags).given
+        .tensorboard,
+      true,
+    );
   }
 });

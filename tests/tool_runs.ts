@@ -22,7 +22,7 @@ export const PERMISSIONS: readonly string[] = [
   "--allow-write",
   "--allow-ffi",
   "--allow-env",
-  "--allow-sys=systemMemoryInfo",
+  "--allow-sys=systemMemoryInfo,hostname",
 ];
 
 /**

@@ -92,6 +92,7 @@ const COMMON = {
     help: "cpu or cuda[:N] (default cpu)",
     parse: chooseDevice,
   },
+  tensorboard: { kind: "bool" },
   tf32: {
     kind: "bool",
     help:

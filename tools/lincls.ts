@@ -73,6 +73,7 @@ import {
 import { AugmentedFeatures, CachedFeatures, CHUNK } from "./probe_features.ts";
 import { type ProbeOutcome, trainProbe } from "./probe_loop.ts";
 import { JsonLog } from "./progress.ts";
+import { PROBE_SCALARS } from "./tensorboard.ts";
 import { inspectRunFolder, LINCLS_FILES, startRun } from "./run_folder.ts";
 
 /**
@@ -328,7 +329,13 @@ export async function lincls(
   }
 
   if (folder !== null) await startRun(folder);
-  using log = root ? await JsonLog.open(args.out) : silentLog();
+  // The probe's TensorBoard steps are epochs done.
+  const tensorboard = args.tensorboard
+    ? { scalars: PROBE_SCALARS, startStep: startEpoch + 1 }
+    : null;
+  using log = root
+    ? await JsonLog.open(args.out, { tensorboard })
+    : silentLog();
   log.write({
     event: "start",
     time: new Date().toISOString(),

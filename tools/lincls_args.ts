@@ -36,6 +36,8 @@ export interface LinclsArgs {
   /** Replace the probe already in `out` (never stored as true). */
   overwrite: boolean;
   out: string;
+  /** A TensorBoard event file beside the log (tools/tensorboard.ts). */
+  tensorboard: boolean;
   device: string;
   tf32: boolean;
   deterministic: boolean;
@@ -97,6 +99,10 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
     "folder for probe checkpoints and log.jsonl (default runs/lincls)",
   ),
   flag("overwrite", "replace the probe already in the --out folder"),
+  flag(
+    "tensorboard",
+    "TensorBoard event file in the --out folder: the probe's loss, lr, top-1 and top-5 per epoch (default on; --no-tensorboard turns it off)",
+  ),
   flag("device"),
   flag("tf32"),
   flag("deterministic"),
@@ -127,6 +133,7 @@ export const OFFICIAL: Omit<
   printFreq: 10,
   evaluate: false,
   out: "runs/lincls",
+  tensorboard: true,
   device: "cpu",
   tf32: false,
   deterministic: false,

@@ -69,6 +69,7 @@ import {
 } from "./pretrain_args.ts";
 import { type Position, train } from "./pretrain_loop.ts";
 import { fmt, JsonLog } from "./progress.ts";
+import { PRETRAIN_SCALARS } from "./tensorboard.ts";
 import { inspectRunFolder, PRETRAIN_FILES, startRun } from "./run_folder.ts";
 import { pretrainViews } from "./views.ts";
 
@@ -293,7 +294,16 @@ export async function pretrain(
     ? null
     : await dataParallel(ranks, backend, model, localBatch);
   if (folder !== null) await startRun(folder);
-  using log = root ? await JsonLog.open(args.out) : silentLog();
+  // TensorBoard's steps are iterations; this process starts here.
+  const tensorboard = args.tensorboard
+    ? {
+      scalars: PRETRAIN_SCALARS,
+      startStep: position.epoch * itersPerEpoch + position.batch,
+    }
+    : null;
+  using log = root
+    ? await JsonLog.open(args.out, { tensorboard })
+    : silentLog();
   log.write({
     event: "start",
     time: new Date().toISOString(),

@@ -38,6 +38,8 @@ export interface PretrainArgs {
   /** Replace the run already in `out` (never stored as true in a checkpoint). */
   overwrite: boolean;
   out: string;
+  /** A TensorBoard event file beside the log (tools/tensorboard.ts). */
+  tensorboard: boolean;
   device: string;
   tf32: boolean;
   deterministic: boolean;
@@ -116,6 +118,10 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
   flag("resume", "continue from this checkpoint (its flags are the defaults)"),
   flag("out", "folder for checkpoints and log.jsonl (default runs/pretrain)"),
   flag("overwrite", "replace the run already in the --out folder"),
+  flag(
+    "tensorboard",
+    "TensorBoard event file in the --out folder: loss, MEC, lr, lambda_inv, teacher momentum, images/s, data wait, kNN top-1 per iteration (default on; --no-tensorboard turns it off)",
+  ),
   flag("device"),
   flag("tf32"),
   flag("deterministic"),
@@ -192,6 +198,7 @@ export const PAPER: PretrainDefaults = {
   fastDecode: false,
   printFreq: 10,
   out: "runs/pretrain",
+  tensorboard: true,
   device: "cpu",
   tf32: false,
   deterministic: false,

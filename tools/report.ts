@@ -175,6 +175,15 @@ ${rows.join("\n")}
 function probeTable(runs: readonly Named[]): string {
   const probes = runs.filter((r) => r.kind === "lincls");
   if (probes.length === 0) return "";
+  const pct = (v: number | undefined) =>
+    v === undefined || !Number.isFinite(v) ? "—" : v.toFixed(2);
+  const topK = (acc: { k: number; accK: number } | undefined) =>
+    acc === undefined
+      ? "—"
+      : acc.k === 5
+      ? pct(acc.accK)
+      : `${pct(acc.accK)} (top-${acc.k})`;
+  const tested = probes.some((r) => r.test !== null);
   const rows = probes.map((r) => {
     const last = r.evals.at(-1);
     const epochs = typeof r.args.epochs === "number" ? r.args.epochs : "?";
@@ -185,26 +194,29 @@ function probeTable(runs: readonly Named[]): string {
       : r.args.rawPixels
       ? "raw pixels"
       : "—";
-    const pct = (v: number | undefined) =>
-      v === undefined || !Number.isFinite(v) ? "—" : v.toFixed(2);
-    const accK = last === undefined
-      ? "—"
-      : last.k === 5
-      ? pct(last.accK)
-      : `${pct(last.accK)} (top-${last.k})`;
+    const test = tested
+      ? `<td class="num">${pct(r.test?.acc1)}</td><td class="num">${
+        topK(r.test ?? undefined)
+      }</td>`
+      : "";
     return `<tr><td>${esc(r.name)}</td><td><code>${
       esc(String(backbone))
     }</code></td><td class="num">${r.evals.length} / ${epochs}</td><td class="num">${
       pct(last?.acc1)
-    }</td><td class="num">${accK}</td><td class="num">${
+    }</td><td class="num">${topK(last)}</td><td class="num">${
       pct(last?.bestAcc1)
-    }</td></tr>`;
+    }</td>${test}</tr>`;
   });
   return `<h2>Probe results</h2>
 <table>
-<tr><th>run</th><th>backbone</th><th>epochs</th><th>top-1 (%)</th><th>top-5 (%)</th><th>best top-1 (%)</th></tr>
+<tr><th>run</th><th>backbone</th><th>epochs</th><th>top-1 (%)</th><th>top-5 (%)</th><th>best top-1 (%)</th>${
+    tested ? "<th>test top-1 (%)</th><th>test top-5 (%)</th>" : ""
+  }</tr>
 ${rows.join("\n")}
-</table>`;
+</table>
+<p class="note">Top-1 and top-5 of the last epoch on the validation split${
+    tested ? "; the test columns measure that probe once on the test split" : ""
+  }.</p>`;
 }
 
 /**

@@ -46,6 +46,11 @@ export interface RunLog {
   series: Series;
   /** The probe's evaluations by epoch (lincls runs). */
   evals: ProbeEval[];
+  /**
+   * The final probe measured once on the test split, where the run held
+   * out its validation images from the training split (the demo).
+   */
+  test: { epoch: number; acc1: number; k: number; accK: number } | null;
   /** Steady-state images/s and data-wait share, when the run logged them. */
   speed: { imagesPerSecond: number; dataShare: number } | null;
   /** Checkpoints written, in order. */
@@ -153,6 +158,7 @@ function gather(dir: string, path: string, records: Json[]): RunLog {
     samples: num(last.samples) ?? num(last.trainSamples),
     series: new Map(),
     evals: [],
+    test: null,
     speed: null,
     checkpoints: [],
   };
@@ -188,17 +194,16 @@ function gather(dir: string, path: string, records: Json[]): RunLog {
       if (!probeSteps.has(epoch)) probeSteps.set(epoch, []);
       probeSteps.get(epoch)!.push(r);
     } else if (r.event === "eval" && epoch !== null) {
-      const k = Object.keys(r).map((name) => /^acc(\d+)$/.exec(name))
-        .filter((m) => m !== null && m[1] !== "1").map((m) => Number(m![1]))[0];
-      const acc1 = num(r.acc1);
-      if (acc1 === null) continue;
+      const acc = accuracies(r);
+      if (acc === null) continue;
       evals.set(epoch, {
         epoch,
-        acc1,
-        k: k ?? 5,
-        accK: num(r[`acc${k}`]) ?? NaN,
-        bestAcc1: num(r.bestAcc1) ?? acc1,
+        ...acc,
+        bestAcc1: num(r.bestAcc1) ?? acc.acc1,
       });
+    } else if (r.event === "test" && epoch !== null) {
+      const acc = accuracies(r);
+      if (acc !== null) run.test = { epoch, ...acc };
     } else if (r.event === "speed") {
       const ips = num(r.imagesPerSecond);
       const share = num(r.dataShare);
@@ -242,6 +247,21 @@ export function runNames(dirs: readonly string[]): string[] {
     const names = parts.map((p) => p.slice(-depth).join("/") || "/");
     if (new Set(names).size === names.length || depth >= deepest) return names;
   }
+}
+
+/** A record's top-1 and top-k (its `acc<k>` field other than acc1). */
+function accuracies(
+  r: Json,
+): { acc1: number; k: number; accK: number } | null {
+  const acc1 = num(r.acc1);
+  if (acc1 === null) return null;
+  const k = Object.keys(r).map((name) => /^acc(\d+)$/.exec(name)?.[1])
+    .filter((d) => d !== undefined && d !== "1").map(Number)[0];
+  return {
+    acc1,
+    k: k ?? 5,
+    accK: k === undefined ? NaN : num(r[`acc${k}`]) ?? NaN,
+  };
 }
 
 function num(v: unknown): number | null {

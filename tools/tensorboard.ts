@@ -266,18 +266,24 @@ export const PRETRAIN_SCALARS: ScalarsOf = (r) => {
 /**
  * The probe's scalars, once per epoch at step = epochs done: the epoch's
  * mean training loss, its lr, and top-1 and top-k on the validation split
- * (k = 5, or the number of classes where fewer).
+ * (k = 5, or the number of classes where fewer); `probe/test_top1` and
+ * `_top<k>` where the final probe is also measured on a test split.
  */
 export const PROBE_SCALARS: ScalarsOf = (r) => {
-  if (r.event !== "eval" || typeof r.epoch !== "number") return null;
-  const values: Record<string, unknown> = {
-    "probe/loss": r.loss,
-    "probe/lr": r.lr,
-    "probe/top1": r.acc1,
-  };
+  if (typeof r.epoch !== "number") return null;
+  // The final probe measured once on a held-out test split (the demo).
+  const prefix = r.event === "eval"
+    ? "probe/"
+    : r.event === "test"
+    ? "probe/test_"
+    : null;
+  if (prefix === null) return null;
+  const values: Record<string, unknown> = r.event === "eval"
+    ? { "probe/loss": r.loss, "probe/lr": r.lr }
+    : {};
   for (const [key, value] of Object.entries(r)) {
     const k = /^acc(\d+)$/.exec(key)?.[1];
-    if (k !== undefined && k !== "1") values[`probe/top${k}`] = value;
+    if (k !== undefined) values[`${prefix}top${k}`] = value;
   }
   return { step: r.epoch + 1, values: numbers(values) };
 };
