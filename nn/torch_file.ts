@@ -250,10 +250,32 @@ const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
 const LEGACY_MAGIC = 0x1950a86a20f9469cfc6cn;
 const LEGACY_PROTOCOL = 1001;
 
+/**
+ * The first pickle of the format before 1.6, as `torch.save` writes it
+ * (protocol 2, LONG1 of 10 bytes). No safetensors file starts so: read as
+ * its 8-byte header length, they would claim petabytes.
+ */
+const LEGACY_START = [
+  0x80,
+  0x02,
+  0x8a,
+  0x0a,
+  0x6c,
+  0xfc,
+  0x9c,
+  0x46,
+  0xf9,
+  0x20,
+  0x6a,
+  0xa8,
+  0x50,
+  0x19,
+];
+
 /** Whether the first bytes of a file are those of a `torch.save` file. */
 export function isTorchFile(head: Uint8Array): boolean {
   return ZIP_MAGIC.every((b, i) => head[i] === b) ||
-    (head[0] === 0x80 && head[1] === 0x02 && head[2] === 0x8a);
+    LEGACY_START.every((b, i) => head[i] === b);
 }
 
 async function openZip(

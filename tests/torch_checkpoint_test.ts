@@ -327,7 +327,8 @@ interface Crafted {
   numel: number;
   /** Elements written after the key list (default: numel). */
   written?: number;
-  values: number[];
+  /** The elements: float32 values, or the storage's own bytes. */
+  values: number[] | Uint8Array;
   type?: string;
 }
 
@@ -364,7 +365,9 @@ function legacyFile(t: Crafted, main?: (p: Pickle) => void): Uint8Array {
   p.op(0x73, 0x73);
   main?.(p);
   const keys = new Pickle().op(0x5d).str("0").op(0x61).stop();
-  const data = new Uint8Array(new Float32Array(t.values).buffer);
+  const data = t.values instanceof Uint8Array
+    ? t.values
+    : new Uint8Array(new Float32Array(t.values).buffer);
   return new Uint8Array([
     ...header,
     ...p.stop(),
@@ -441,6 +444,34 @@ Deno.test("hand-made pickles: a strided tensor reads; the same file with each th
     // Through the tools' reader, one sentence.
     assert.match(await refusal(path), pattern, what);
   }
+});
+
+Deno.test("float64, bfloat16 and int32 storages read as float32", async () => {
+  const bytes = (array: ArrayBufferView) =>
+    new Uint8Array(array.buffer, array.byteOffset, array.byteLength);
+  const read = async (type: string, values: Uint8Array) =>
+    (await stateDict(
+      await temp(
+        legacyFile({ shape: [3], stride: [1], numel: 3, values, type }),
+      ),
+    )).get("w")!.data;
+  // 0.1 in float64 rounds to float32's nearest.
+  assert.deepEqual(
+    await read("DoubleStorage", bytes(new Float64Array([0.1, -2.5, 1e300]))),
+    new Float32Array([0.1, -2.5, Infinity]),
+  );
+  // bfloat16 is the top half of a float32: 1.5, -2 and 2^-126.
+  assert.deepEqual(
+    await read(
+      "BFloat16Storage",
+      bytes(new Uint16Array([0x3fc0, 0xc000, 0x0080])),
+    ),
+    new Float32Array([1.5, -2, 2 ** -126]),
+  );
+  assert.deepEqual(
+    await read("IntStorage", bytes(new Int32Array([7, -8, 1 << 24]))),
+    new Float32Array([7, -8, 1 << 24]),
+  );
 });
 
 Deno.test("unpickle reads Python's values and refuses globals and objects it was not given", () => {
