@@ -24,7 +24,7 @@ export type PyKey = string | number | bigint | boolean | null;
 
 /** A Python dict (or OrderedDict); keys keep their insertion order. */
 export class PyDict {
-  readonly entries = new Map<PyKey, PyValue>();
+  readonly entries: Map<PyKey, PyValue> = new Map();
   /** Instance attributes set by BUILD (an OrderedDict's `_metadata`, ...). */
   attributes: PyValue = null;
   /** The entry for a string key, or undefined. */
