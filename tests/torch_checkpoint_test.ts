@@ -524,6 +524,28 @@ Deno.test("unpickle reads Python's values and refuses globals and objects it was
   assert.equal(called, false);
 });
 
+Deno.test("unpickle reads protocol 4's frames, memoized strings and STACK_GLOBAL", () => {
+  // pickle.dumps(collections.OrderedDict(a=1), 4) by Python 3.11: a frame,
+  // STACK_GLOBAL from two memoized short strings, REDUCE, SETITEM.
+  const hex =
+    "80049529000000000000008c0b636f6c6c656374696f6e73948c0b4f726465726564446963749493942952948c0161944b01732e";
+  const bytes = new Uint8Array(
+    hex.match(/../g)!.map((h) => parseInt(h, 16)),
+  );
+  const calls: string[] = [];
+  const { value } = unpickle(bytes, {
+    findGlobal: (m, n) =>
+      new PyGlobal(m, n, () => {
+        calls.push(`${m}.${n}`);
+        return new PyDict();
+      }),
+    refuse: (n) => new Error(`refused ${n}`),
+    fail: (d) => new Error(d),
+  });
+  assert.deepEqual(calls, ["collections.OrderedDict"]);
+  assert.deepEqual([...(value as PyDict).entries], [["a", 1]]);
+});
+
 Deno.test("crc32 matches the standard check value", () => {
   assert.equal(crc32(new TextEncoder().encode("123456789")), 0xcbf43926);
 });
