@@ -69,7 +69,6 @@ export {
   solarize,
   toTensor,
 } from "./transforms.ts";
-export { blurToTensor } from "./blur_to_tensor.ts";
 export {
   applyView,
   type CropRecipe,
@@ -84,6 +83,7 @@ export {
   ViewScratch,
 } from "./pipelines.ts";
 export { dctShrink, shrinkCrop } from "./fast_decode.ts";
+export { ViewKernels, viewKernels } from "./view_kernels.ts";
 export {
   type Batch,
   batchTensors,

@@ -9,7 +9,7 @@
 
 import type { Generator } from "../nn/random.ts";
 import type { RgbImage } from "./decode.ts";
-import { blurToTensor } from "./blur_to_tensor.ts";
+import { type ViewKernels, viewKernels } from "./view_kernels.ts";
 import {
   BlurScratch,
   centerCropBox,
@@ -18,6 +18,7 @@ import {
   type ColorJitterParams,
   colorJitterParams,
   type FloatImage,
+  gaussianBlur,
   grayscale,
   IMAGENET_NORMALIZE,
   type NormalizeOptions,
@@ -126,7 +127,17 @@ export function probeEvalView(size = 224): ViewRecipe {
 export class ViewScratch {
   readonly resize: ResizeScratch = new ResizeScratch();
   readonly blur: BlurScratch = new BlurScratch();
+  /**
+   * The WebAssembly kernels the views run on (data/view_kernels.ts), or
+   * null for the TypeScript path, which computes the same bits.
+   */
+  readonly kernels: ViewKernels | null;
   #image = new Float32Array(0);
+
+  /** `wasm: false` takes the TypeScript path (default: the kernels). */
+  constructor({ wasm = true }: { wasm?: boolean } = {}) {
+    this.kernels = wasm ? viewKernels() : null;
+  }
 
   /** The working image, `size` x `size`. */
   image(size: number): FloatImage {
@@ -216,14 +227,11 @@ export function applyView(
 
 /**
  * Makes the view that `draw` describes (its crop in `image`'s pixels) and
- * writes it as CHW floats into `out` at `offset`.
- *
- * The passes: crop + resize + flip in one; each jitter adjustment that is
- * not the identity; grayscale; then either the blur, whose last pass also
- * solarizes, scales, normalises and transposes to CHW
- * (data/blur_to_tensor.ts), or that final pass alone ({@link toTensor}).
- * The result is bit-identical to running gaussianBlur and toTensor one
- * after the other.
+ * writes it as CHW floats into `out` at `offset`: crop + resize + flip in
+ * one pass, each jitter adjustment that is not the identity, grayscale,
+ * the blur, and one pass that solarizes, scales, normalises and transposes
+ * to CHW. With the scratch's WebAssembly kernels (data/view_kernels.ts)
+ * the heavy passes run there, bit-identical to these TypeScript steps.
  */
 export function renderView(
   image: RgbImage,
@@ -233,24 +241,24 @@ export function renderView(
   offset: number,
   scratch: ViewScratch = new ViewScratch(),
 ): void {
+  const normalize = recipe.normalize ?? undefined;
+  if (scratch.kernels !== null) {
+    scratch.kernels.render(
+      image,
+      draw,
+      recipe.size,
+      normalize,
+      out,
+      offset,
+      scratch.blur,
+    );
+    return;
+  }
   const { crop, jitter, grey, sigma, solarize } = draw;
   const work = scratch.image(recipe.size);
   resizedCrop(image, crop, work, scratch.resize);
   if (jitter !== null) colorJitter(work, jitter);
   if (grey) grayscale(work);
-  const normalize = recipe.normalize ?? undefined;
-  const solarizeThreshold = solarize ? 128 : undefined;
-  if (sigma === null) {
-    toTensor(work, out, offset, normalize, solarizeThreshold);
-  } else {
-    blurToTensor(
-      work,
-      sigma,
-      out,
-      offset,
-      normalize,
-      solarizeThreshold,
-      scratch.blur,
-    );
-  }
+  if (sigma !== null) gaussianBlur(work, sigma, scratch.blur);
+  toTensor(work, out, offset, normalize, solarize ? 128 : undefined);
 }

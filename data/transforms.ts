@@ -212,17 +212,29 @@ export class ResizeScratch {
   }
 }
 
+/** What {@link resizedCrop} computes from, checked against the image. */
+export interface ResizePlan {
+  box: CropBox;
+  /** The horizontal and vertical weights, windowed. */
+  cols: ResampleTable;
+  rows: ResampleTable;
+  outW: number;
+  outH: number;
+  /** The box's rows that the vertical pass reads: firstRow..lastRow-1. */
+  firstRow: number;
+  lastRow: number;
+  flip: boolean;
+}
+
 /**
- * Crop, bilinear resize (antialiased like PIL) and optional mirror in one
- * pass, horizontal then vertical as PIL does. Writes `out` (its
- * width/height must be the window's) and returns it.
+ * The resampling tables of `spec` for `src`, after checking that the box
+ * lies inside the image and that `out` has the window's size.
  */
-export function resizedCrop(
-  src: RgbImage,
+export function planResize(
+  src: { width: number; height: number },
   spec: ResizedCropSpec,
-  out: FloatImage,
-  scratch: ResizeScratch = new ResizeScratch(),
-): FloatImage {
+  out: { width: number; height: number },
+): ResizePlan {
   const { box, resizeWidth, resizeHeight, flip = false } = spec;
   const window = spec.window ??
     { top: 0, left: 0, width: resizeWidth, height: resizeHeight };
@@ -248,11 +260,35 @@ export function resizedCrop(
     window.top,
     window.height,
   );
-  const outW = window.width;
   const outH = window.height;
-  // Source rows that the vertical pass reads, relative to the box.
-  const firstRow = rows.start[0];
-  const lastRow = rows.start[outH - 1] + rows.count[outH - 1];
+  return {
+    box,
+    cols,
+    rows,
+    outW: window.width,
+    outH,
+    firstRow: rows.start[0],
+    lastRow: rows.start[outH - 1] + rows.count[outH - 1],
+    flip,
+  };
+}
+
+/**
+ * Crop, bilinear resize (antialiased like PIL) and optional mirror in one
+ * pass, horizontal then vertical as PIL does. Writes `out` (its
+ * width/height must be the window's) and returns it.
+ */
+export function resizedCrop(
+  src: RgbImage,
+  spec: ResizedCropSpec,
+  out: FloatImage,
+  scratch: ResizeScratch = new ResizeScratch(),
+): FloatImage {
+  const { box, cols, rows, outW, outH, firstRow, lastRow, flip } = planResize(
+    src,
+    spec,
+    out,
+  );
   const rowLen = outW * 3;
   const tmp = scratch.rows((lastRow - firstRow) * rowLen);
   const s = src.data;
@@ -584,7 +620,9 @@ export class BlurScratch {
  * 1 / (2(r + a) + 1) and the two next ones with weight a / (2(r + a) + 1).
  * For sigma up to 2, r is 0 or 1, so each pass sums at most five
  * neighbours directly; the six passes alternate between the image and one
- * scratch buffer, ending in the image.
+ * scratch buffer, ending in the image. Every pixel, at the edges too, is
+ * summed in one order (the centre, then each pair of neighbours, then the
+ * two fractional ends), which data/view_kernels.ts repeats bit for bit.
  */
 export function gaussianBlur(
   image: FloatImage,
@@ -633,9 +671,9 @@ function boxRows(
  * One horizontal extended-box pass over one row of `width` RGB pixels, from
  * `src` at `from` to `dst` at `to`: pixels whose window lies inside the row
  * are summed without bounds checks, the few near the ends with the index
- * clamped to the row. {@link blurToTensor} runs the same passes row by row.
+ * clamped to the row.
  */
-export function boxRow(
+function boxRow(
   src: Float32Array,
   from: number,
   dst: Float32Array,
@@ -714,7 +752,7 @@ function boxColumns(
  * row j (clamped to the image by the caller) starts in `src`, and the row
  * of `rowLen` values is written to `dst` at `to`.
  */
-export function boxColumnRow(
+function boxColumnRow(
   src: Float32Array,
   rowAt: (j: number) => number,
   y: number,

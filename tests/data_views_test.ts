@@ -1,10 +1,10 @@
 /**
- * The fast view path against the slow ones: applyView and blurToTensor bit
- * for bit against the transforms run one by one, and the resampling and
- * the blur against plain float64 loops written from PIL's definitions.
+ * The fast view path against the slow ones: applyView's WebAssembly
+ * kernels bit for bit against the transforms run one by one in TypeScript,
+ * and the resampling and the blur against plain float64 loops written
+ * from PIL's definitions.
  */
 
-import { blurToTensor } from "../data/blur_to_tensor.ts";
 import { decodeImage, type RgbImage } from "../data/decode.ts";
 import {
   applyView,
@@ -21,7 +21,6 @@ import {
   type FloatImage,
   gaussianBlur,
   grayscale,
-  IMAGENET_NORMALIZE,
   resizedCrop,
   toTensor,
 } from "../data/transforms.ts";
@@ -75,16 +74,24 @@ Deno.test("applyView() is bit-identical to the transforms one by one", () => {
   for (let i = 0; i < small.data.length; i++) {
     small.data[i] = noise.integer(0, 256);
   }
+  // A blur wider than MEC's (box radius 2 and more) goes through
+  // gaussianBlur on the kernels' memory.
+  const wide = { ...mecViews(64)[0], blur: { p: 1, sigma: [2.3, 4] as const } };
+  // Small images first, so the kernels' memory grows on the way.
   const cases: [string, RgbImage, ViewRecipe[]][] = [
+    ["small 9", small, mecViews(9)],
+    ["small 24", small, pretrainViews(24)],
     ["photo 224", PHOTO, [...mecViews(224), probeTrainView(224)]],
     ["photo eval", PHOTO, [probeEvalView(224)]],
-    ["small 24", small, pretrainViews(24)],
-    ["small 9", small, mecViews(9)],
+    ["photo wide blur", PHOTO, [wide]],
   ];
   let blurred = 0;
   let plain = 0;
+  const scratch = new ViewScratch();
+  const typescript = new ViewScratch({ wasm: false });
+  assert.ok(scratch.kernels !== null, "WebAssembly SIMD is available");
+  assert.equal(typescript.kernels, null);
   for (const [what, image, recipes] of cases) {
-    const scratch = new ViewScratch();
     for (const [v, recipe] of recipes.entries()) {
       const size = recipe.size;
       const out = new Float32Array(2 * 3 * size * size);
@@ -105,6 +112,10 @@ Deno.test("applyView() is bit-identical to the transforms one by one", () => {
           0,
           `${what} view ${v} key ${key}: ${bad.length} values differ`,
         );
+        // The TypeScript path (no WebAssembly) is the steps themselves.
+        const ts = new Float32Array(3 * size * size);
+        applyView(image, recipe, new Generator(1, v, key), ts, 0, typescript);
+        assert.equal(differences(ts, steps).length, 0, `${what} TypeScript`);
         if (drawView(image, recipe, new Generator(1, v, key)).sigma !== null) {
           blurred++;
         } else plain++;
@@ -114,48 +125,6 @@ Deno.test("applyView() is bit-identical to the transforms one by one", () => {
   // Both paths were exercised: with and without the blur.
   assert.ok(blurred > 60 && plain > 60, `${blurred} blurred, ${plain} not`);
 });
-
-Deno.test("blurToTensor() equals gaussianBlur() then toTensor() bit for bit", () => {
-  const gen = new Generator(12);
-  // sigma 0.1..2 gives box radii 0 and 1 (the fused passes); 3 radius 2
-  // (gaussianBlur itself). Sizes from one pixel up: lines shorter than a
-  // box take the clamped ends only.
-  const sigmas = [0.1, 0.8, 1.2, 1.6, 2, 3];
-  assert.deepEqual(
-    sigmas.map((s) => Math.floor(boxRadiusForSigma(s))),
-    [0, 0, 0, 1, 1, 2],
-  );
-  for (const sigma of sigmas) {
-    for (const [w, h] of [[1, 1], [2, 9], [5, 3], [7, 7], [13, 8], [64, 48]]) {
-      for (const solarize of [undefined, 128]) {
-        const data = new Float32Array(w * h * 3);
-        gen.fillUniform(data, 0, 255);
-        const a = { width: w, height: h, data: Float32Array.from(data) };
-        const b = { width: w, height: h, data };
-        const expected = toTensor(
-          gaussianBlur(a, sigma),
-          undefined,
-          0,
-          IMAGENET_NORMALIZE,
-          solarize,
-        );
-        const out = new Float32Array(5 + w * h * 3);
-        blurToTensor(b, sigma, out, 5, IMAGENET_NORMALIZE, solarize);
-        const bad = differences(out.subarray(5), expected);
-        assert.equal(bad.length, 0, `sigma ${sigma} ${w}x${h}: ${bad.length}`);
-      }
-    }
-  }
-  assert.throws(
-    () => blurToTensor(tinyImage(), 1, new Float32Array(10), 0),
-    RangeError,
-  );
-});
-
-/** A 4x4 image, for the size checks. */
-function tinyImage(): FloatImage {
-  return { width: 4, height: 4, data: new Float32Array(48) };
-}
 
 /**
  * PIL's Gaussian blur in float64, straight from its definition: per axis,
