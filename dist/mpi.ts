@@ -193,6 +193,8 @@ export class MpiWorld {
   readonly version: string;
   /** Seconds a collective may take before it is called failed. */
   timeoutSeconds: number;
+  /** Milliseconds spent waiting for collectives so far (for measuring). */
+  waitedMs = 0;
   readonly #lib: Deno.DynamicLibrary<typeof MPI_SYMBOLS>;
   readonly #s: MpiSymbols;
   readonly #request = new BigUint64Array(1);
@@ -395,10 +397,14 @@ export class MpiWorld {
    * ranks than cores.
    */
   waitFor(request: BigUint64Array, what: string): void {
-    const deadline = performance.now() + this.timeoutSeconds * 1000;
+    const start = performance.now();
+    const deadline = start + this.timeoutSeconds * 1000;
     let pause = 0;
     for (let spins = 0;; spins++) {
-      if (this.test(request)) return;
+      if (this.test(request)) {
+        this.waitedMs += performance.now() - start;
+        return;
+      }
       if (spins < SPINS_BEFORE_SLEEP) continue;
       pause = Math.min(MAX_PAUSE_US, Math.max(MIN_PAUSE_US, pause * 2));
       sleepMicroseconds(pause);

@@ -45,7 +45,7 @@ async function pretrainAlone(args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", ...PERMISSIONS, "tools/pretrain.ts", ...args],
     cwd: ROOT,
-    env: { NO_COLOR: "1", MEC_BLAS_THREADS: "1" },
+    env: { NO_COLOR: "1", MEC_THREADS: "1" },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -241,7 +241,7 @@ async function linclsAlone(args: string[]) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", ...PERMISSIONS, "tools/lincls.ts", ...args],
     cwd: ROOT,
-    env: { NO_COLOR: "1", MEC_BLAS_THREADS: "1" },
+    env: { NO_COLOR: "1", MEC_THREADS: "1" },
     stdout: "piped",
     stderr: "piped",
   }).output();

@@ -65,16 +65,20 @@ export async function runTool(
 }
 
 /**
- * One rank's process settings: OpenBLAS threads shared out among the ranks
- * of the node (unless MEC_BLAS_THREADS says otherwise), stdout silent on
+ * One rank's process settings: the CPU backend's threads (OpenBLAS,
+ * oneDNN) shared out among the ranks of the node (unless MEC_THREADS or
+ * MEC_BLAS_THREADS says otherwise), stdout silent on
  * ranks other than 0, and SIGTERM (what `mpirun` sends on Ctrl-C) and
  * SIGUSR2 (which it forwards) turned into the SIGINT the tools handle.
  */
 function prepareRank(ranks: Ranks): void {
-  if (Deno.env.get("MEC_BLAS_THREADS") === undefined) {
+  if (
+    Deno.env.get("MEC_THREADS") === undefined &&
+    Deno.env.get("MEC_BLAS_THREADS") === undefined
+  ) {
     const cores = Math.max(1, navigator.hardwareConcurrency || 1);
     const threads = Math.max(1, Math.floor(cores / ranks.world.localSize));
-    Deno.env.set("MEC_BLAS_THREADS", String(threads));
+    Deno.env.set("MEC_THREADS", String(threads));
   }
   if (!ranks.isRoot) console.log = () => {};
   for (const signal of ["SIGTERM", "SIGUSR2"] as const) {

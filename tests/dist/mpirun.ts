@@ -52,9 +52,9 @@ export function startMpirun(
       "--oversubscribe",
       "-np",
       String(np),
-      // One BLAS thread per rank: the ranks already fill the cores.
+      // One CPU thread per rank: the ranks already fill the cores.
       "-x",
-      "MEC_BLAS_THREADS=1",
+      "MEC_THREADS=1",
       ...Object.keys(env).flatMap((k) => ["-x", k]),
       ...(options.mpirunArgs ?? []),
       Deno.execPath(),
