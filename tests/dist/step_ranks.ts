@@ -229,11 +229,15 @@ for (const [name, t] of model.stateDict()) {
   const floor = kind === "bnStats" ? 1e-3 : 1e-30;
   worst(kind, relErr(t.toArray(), refState.get(name)!.toArray(), floor));
 }
-// Every rank holds the same weights after the step, bit for bit.
-const firstWeights = Float64Array.from(model.encoder.parameters()[0].toArray());
-const maxW = Float64Array.from(firstWeights);
-ranks.world.allReduce(maxW, "max");
-report.ranksDiffer = maxW.some((v, i) => v !== firstWeights[i]) ? 1 : 0;
+// Every rank holds the same state after the step, bit for bit: the
+// largest value over ranks of each element is this rank's own.
+report.ranksDiffer = 0;
+for (const t of model.stateDict().values()) {
+  const mine = Float64Array.from(t.toArray());
+  const most = Float64Array.from(mine);
+  ranks.world.allReduce(most, "max");
+  if (most.some((v, i) => v !== mine[i])) report.ranksDiffer++;
+}
 report.bucketsStartedInBackward = parallel.buckets.startedDuringBackward;
 report.buckets = parallel.buckets.buckets.length;
 report.gradientBytes = parallel.gradientBytes;
