@@ -6,7 +6,8 @@
  * - kernels: the memory-bound ops of a training step;
  * - models: whole networks through autograd (images/s);
  * - mec: one full MEC training step (image pairs/s);
- * - data: JPEG decoding, the two MEC views, the worker loader (images/s).
+ * - data: JPEG decoding and MEC's two views per core on one and two cores, the
+ *   worker loader, fast decoding, and the ratios to jpeg-js and torchvision.
  *
  *     deno task bench [--json] [--profile] [--only conv,kernels,models,mec,data]
  *
@@ -25,7 +26,7 @@ import { CpuBackend } from "../cpu/backend.ts";
 import { blas } from "../cpu/blas.ts";
 import { setDefaultDevice, useDevice } from "../mod.ts";
 import type { ConvOp } from "../cpu/dnnl_conv.ts";
-import { dataCases } from "./data_bench.ts";
+import { runDataBench } from "./data_bench.ts";
 import { mecCases, type ModelCase, modelCases } from "./models.ts";
 import {
   convFlops,
@@ -546,10 +547,14 @@ async function modelSection(cases: ModelCase[], unit: string): Promise<void> {
 }
 
 async function dataSection(): Promise<void> {
-  for (const c of dataCases()) {
-    report(c.name, (await imagesPerSecond(c, 3)).rate, "images/s");
-    await c.close?.();
-  }
+  await runDataBench((r) =>
+    report(
+      r.name,
+      r.value,
+      r.unit,
+      r.wall === undefined ? "" : ` (${r.wall.toFixed(1)}/s by the clock)`,
+    )
+  );
 }
 
 // The models and the MEC step run on the default device, the CPU here; the
