@@ -102,13 +102,31 @@ class Layout {
   }
 }
 
+/**
+ * Memory kept between views: a module whose memory grew past this for a
+ * huge photograph is replaced by a fresh one afterwards (WebAssembly memory
+ * cannot shrink), so that one 48-megapixel image does not pin hundreds of
+ * megabytes in every worker.
+ */
+const KEEP_BYTES = 64 * 1024 * 1024;
+
 /** The kernels of this thread. */
 export class ViewKernels {
+  #module: WebAssembly.Module;
   #e: Exports;
 
   constructor() {
-    const module = new WebAssembly.Module(decodeBase64(VIEW_KERNELS_WASM));
-    this.#e = new WebAssembly.Instance(module).exports as unknown as Exports;
+    this.#module = new WebAssembly.Module(decodeBase64(VIEW_KERNELS_WASM));
+    this.#e = this.#instance();
+  }
+
+  /** The bytes of memory the module holds now. */
+  get memoryBytes(): number {
+    return this.#e.memory.buffer.byteLength;
+  }
+
+  #instance(): Exports {
+    return new WebAssembly.Instance(this.#module).exports as unknown as Exports;
   }
 
   /** The module's memory, at least `bytes` long. */
@@ -266,6 +284,7 @@ export class ViewKernels {
       draw.solarize ? 128 : Infinity,
     );
     out.set(floats.subarray(tensor / 4, tensor / 4 + 3 * plane), offset);
+    if (memory.byteLength > KEEP_BYTES) this.#e = this.#instance();
   }
 }
 
