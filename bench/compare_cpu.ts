@@ -75,7 +75,7 @@ console.log(
     (a.pairsPerSecond / b.pairsPerSecond).toFixed(2)
   }); CPU s/step ${a.cpuSeconds.toFixed(1)} vs ${b.cpuSeconds.toFixed(1)} (x${
     (b.cpuSeconds / a.cpuSeconds).toFixed(2)
-  } by CPU time); peak resident ${gb(a.peakResidentBytes)} GB vs ${
+  } by CPU time); peak resident ${gb(a.peakResidentBytes)} GiB vs ${
     gb(b.peakResidentBytes)
-  } GB`,
+  } GiB`,
 );
