@@ -153,23 +153,23 @@ Deno.test({
   },
 });
 
-/** The pid of rank `rank` of the job whose ranks have MEC_TEST_JOB=job. */
-async function rankPid(job: string, rank: number): Promise<number | null> {
-  for await (const e of Deno.readDir("/proc")) {
-    if (!/^\d+$/.test(e.name)) continue;
-    let env: string;
-    try {
-      env = await Deno.readTextFile(`/proc/${e.name}/environ`);
-    } catch {
-      continue;
-    }
-    const vars = env.split("\0");
-    if (
-      vars.includes(`MEC_TEST_JOB=${job}`) &&
-      vars.includes(`OMPI_COMM_WORLD_RANK=${rank}`)
-    ) return Number(e.name);
-  }
-  return null;
+/**
+ * The pid of rank `rank` of the job whose command line holds `marker`:
+ * found by a shell (the tests may not read /proc themselves), by the
+ * OMPI_COMM_WORLD_RANK that mpirun puts in each rank's environment.
+ */
+async function rankPid(marker: string, rank: number): Promise<number | null> {
+  const script = `for p in $(pgrep -f -- "$1"); do
+    tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null |
+      grep -qx "OMPI_COMM_WORLD_RANK=$2" && echo $p
+  done; true`;
+  const out = await new Deno.Command("sh", {
+    args: ["-c", script, "sh", marker, String(rank)],
+    stdout: "piped",
+  }).output();
+  const pids = new TextDecoder().decode(out.stdout).trim().split("\n")
+    .filter((l) => l !== "").map(Number);
+  return pids.length === 1 ? pids[0] : null;
 }
 
 /** Waits until the run's log has a step record (or `seconds` pass). */
@@ -202,7 +202,6 @@ for (
       `a rank sent ${signal} mid-run ends the whole job with a sentence naming the rank, within a bounded time`,
     ignore: !MPI,
     fn: async () => {
-      const job = crypto.randomUUID();
       const out = join(tmp, `failure-${signal}`);
       // Slow reads keep the run going long enough to be interrupted.
       const running = mpirun(
@@ -211,13 +210,12 @@ for (
         [data, ...TINY, "--epochs", "100", "--out", out],
         120,
         {
-          MEC_TEST_JOB: job,
           MEC_TEST_SLOW_DATA_MS: "50",
           MEC_DIST_TIMEOUT: "3",
         },
       );
       await firstStep(join(out, "log.jsonl"), 60);
-      const pid = await rankPid(job, 1);
+      const pid = await rankPid(out, 1);
       assert.ok(pid !== null, "rank 1's process");
       const t0 = performance.now();
       Deno.kill(pid, signal);
