@@ -8,8 +8,9 @@
  * as its view is chosen ({@link dctShrink}), and each crop is mapped onto
  * the smaller image ({@link shrinkCrop}).
  *
- * It changes pixels (libjpeg's scaled IDCT is a box-like filter, and crop
- * edges move by up to half a reduced pixel), so it is off unless asked for.
+ * It changes pixels (libjpeg's scaled IDCT keeps only each block's lower
+ * frequencies, a different filter from the resize's, and crop edges move
+ * by up to half a reduced pixel), so it is off unless asked for.
  *
  * @module
  */
