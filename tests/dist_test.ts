@@ -17,6 +17,7 @@ if (!MPI) {
 interface RankReport {
   rank: number;
   size: number;
+  engine: string;
   report: Record<string, number>;
 }
 
@@ -26,19 +27,31 @@ function reports(stdout: string): RankReport[] {
   ).sort((a, b) => a.rank - b.rank);
 }
 
-for (const np of [2, 3]) {
+/**
+ * The device of the suite (MEC_TEST_DEVICE): on a GPU the ranks run on
+ * NCCL, one GPU each, so as many ranks as there are GPUs to test with (one
+ * on the machines we have).
+ */
+const DEVICE = Deno.env.get("MEC_TEST_DEVICE") || "cpu";
+const GPU = DEVICE !== "cpu";
+
+for (const np of GPU ? [1] : [2, 3]) {
   Deno.test({
     name:
       `${np} ranks: one MEC step equals one process with the global batch; SyncBN equals BatchNorm over the concatenated batch; shards cover the epoch`,
     ignore: !MPI,
     fn: async () => {
-      const run = await mpirun(np, "tests/dist/step_ranks.ts");
+      const env: Record<string, string> = { MEC_TEST_DEVICE: DEVICE };
+      const libs = Deno.env.get("MEC_CUDA_LIBS");
+      if (libs !== undefined) env.MEC_CUDA_LIBS = libs;
+      const run = await mpirun(np, "tests/dist/step_ranks.ts", [], 120, env);
       assert.equal(run.code, 0, run.stderr);
       const all = reports(run.stdout);
       assert.equal(all.length, np, run.stdout);
-      for (const { rank, size, report: r } of all) {
+      for (const { rank, size, engine, report: r } of all) {
         const at = `rank ${rank}`;
         assert.equal(size, np);
+        assert.equal(engine, GPU ? "NCCL" : "Open MPI");
         // Every index of a 10-sample epoch visited; the padding repeats
         // np * ceil(10 / np) - 10 of them, as PyTorch's sampler does.
         assert.equal(r.samplerMissing, 0, at);

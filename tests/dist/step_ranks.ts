@@ -6,7 +6,6 @@
  * relative differences, which the test bounds.
  */
 
-import { MpiCommunicator } from "../../dist/communicator.ts";
 import { gatherRows } from "../../dist/gather.ts";
 import {
   broadcastState,
@@ -23,16 +22,20 @@ import {
   mecStep,
   randn,
   scope,
+  setDefaultDevice,
   SGD,
   type Tensor,
   tensor,
   useDevice,
 } from "../../mod.ts";
 
-const backend = await useDevice("cpu");
 const ranks = joinRanks(60);
 if (ranks === null) throw new Error("step_ranks.ts runs under mpirun");
-const comm = new MpiCommunicator(ranks.world, backend);
+// MEC_TEST_DEVICE=cuda: each rank on the GPU of its local rank, over NCCL.
+const device = ranks.device(Deno.env.get("MEC_TEST_DEVICE") || "cpu");
+const backend = await useDevice(device);
+setDefaultDevice(device);
+const comm = await ranks.communicator(backend);
 const W = ranks.size;
 const r = ranks.rank;
 
@@ -242,5 +245,5 @@ report.bucketsStartedInBackward = parallel.buckets.startedDuringBackward;
 report.buckets = parallel.buckets.buckets.length;
 report.gradientBytes = parallel.gradientBytes;
 
-console.log(JSON.stringify({ rank: r, size: W, report }));
+console.log(JSON.stringify({ rank: r, size: W, engine: comm.engine, report }));
 ranks.finalize();
