@@ -9,7 +9,8 @@
  * non-finite loss check.
  *
  * Every operand keeps the plain layout the backend stores (NCHW, or a flat
- * run of elements), so no reorder is needed. Primitives are built once per
+ * run of elements), so no reorder is needed. They run on one OpenMP thread
+ * (see openmp.ts on why). Primitives are built once per
  * shape; their memory objects are made once and only their data pointers
  * are set on each call.
  *
@@ -34,6 +35,7 @@ import {
   PROP,
   QUERY,
 } from "./dnnl.ts";
+import { singleThreaded } from "./openmp.ts";
 
 /** A primitive on one shape, ready to run. */
 interface Plan {
@@ -280,7 +282,8 @@ export class DnnlOps {
   #cached(key: string, build: () => Plan): Plan {
     let plan = this.#plans.get(key);
     if (plan === undefined) {
-      plan = build();
+      // Built for the one thread it runs on (scratchpads are sized by it).
+      plan = singleThreaded(build);
       this.#plans.set(key, plan);
     }
     return plan;
@@ -321,6 +324,6 @@ export class DnnlOps {
       const sp = this.#scratch(plan.scratchpadLength);
       dn.setData(plan.scratchpad, Deno.UnsafePointer.of(sp));
     }
-    dn.execute(plan.primitive, plan.args);
+    singleThreaded(() => dn.execute(plan.primitive, plan.args));
   }
 }

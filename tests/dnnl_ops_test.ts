@@ -259,3 +259,27 @@ Deno.test("MEC_KERNELS=ts keeps oneDNN out of batch norm and sums, and rejects o
     assert.equal((await runWith({}, code)).stdout.trim(), "false");
   }
 });
+
+Deno.test(
+  `oneDNN's batch norm runs on one OpenMP thread and leaves the count at MEC_THREADS${skipped}`,
+  {
+    ignore: lib === null,
+  },
+  async () => {
+    const backend = new URL("../cpu/backend.ts", import.meta.url).href;
+    const openmp = new URL("../cpu/openmp.ts", import.meta.url).href;
+    const code = `import { CpuBackend } from "${backend}";
+    import { openMpThreads } from "${openmp}";
+    const be = new CpuBackend();
+    const b = (n) => { const x = be.alloc(n); be.fill({ y: x, value: 1 }); return x; };
+    const [x, y, m, v] = [b(64), b(64), b(4), b(4)];
+    be.batchNormForwardInference({ x, y, scale: null, bias: null,
+      estimatedMean: m, estimatedVariance: v,
+      desc: { n: 2, c: 4, spatial: 8, eps: 1e-5, momentum: 0.1 } });
+    console.log(openMpThreads());`;
+    assert.equal(
+      (await runWith({ MEC_THREADS: "2" }, code)).stdout.trim(),
+      "2",
+    );
+  },
+);
