@@ -9,6 +9,7 @@
  */
 
 import { join } from "node:path";
+import { appendWhole, errorText } from "./append.ts";
 import { EventFile, type ScalarsOf } from "./tensorboard.ts";
 
 /** Current value, sum, count and average of a quantity. */
@@ -164,25 +165,7 @@ export class JsonLog {
   /** Writes one record, whole, or throws naming the file and leaves none of it. */
   write(record: Record<string, unknown>): void {
     const bytes = this.#encoder.encode(JSON.stringify(record) + "\n");
-    let written = 0;
-    try {
-      // One call writes a whole record; a second is only needed after a
-      // short write, and on a full disk it fails with the system's reason.
-      while (written < bytes.length) {
-        written += this.#file.writeSync(bytes.subarray(written));
-      }
-    } catch (e) {
-      if (written > 0) {
-        try {
-          this.#file.truncateSync(this.#length);
-        } catch {
-          // Nothing more to do: the error below stops the run.
-        }
-      }
-      throw new Error(`cannot write the log ${this.path}: ${errorText(e)}`, {
-        cause: e,
-      });
-    }
+    appendWhole(this.#file, bytes, this.#length, `the log ${this.path}`);
     this.#length += bytes.length;
     if (this.#events !== null) {
       const scalars = this.#events.scalars(record);
@@ -229,10 +212,6 @@ async function wholeRecords(file: Deno.FsFile): Promise<number> {
   }
   if (end < size) await file.truncate(end);
   return end;
-}
-
-function errorText(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).replace(/\.$/, "");
 }
 
 /** A number with `digits` significant digits, without exponent for common sizes. */

@@ -22,6 +22,7 @@
 import { join } from "node:path";
 import protobuf from "protobufjs";
 import CRC32C from "crc-32/crc32c.js";
+import { appendWhole, errorText } from "./append.ts";
 
 /** TensorFlow's event and summary messages, the fields this file writes. */
 const SCHEMA = `
@@ -197,24 +198,7 @@ export class EventFile {
 
   #write(step: number, body: EventBody): void {
     const bytes = tfRecord(encodeEvent(this.#now(), step, body));
-    let written = 0;
-    try {
-      while (written < bytes.length) {
-        written += this.#file.writeSync(bytes.subarray(written));
-      }
-    } catch (e) {
-      if (written > 0) {
-        try {
-          this.#file.truncateSync(this.#length);
-        } catch {
-          // Nothing more to do: the error below stops the run.
-        }
-      }
-      throw new Error(
-        `cannot write the event file ${this.path}: ${errorText(e)}`,
-        { cause: e },
-      );
-    }
+    appendWhole(this.#file, bytes, this.#length, `the event file ${this.path}`);
     this.#length += bytes.length;
   }
 
@@ -303,8 +287,4 @@ function hostName(): string {
   const sys = { name: "sys", kind: "hostname" } as const;
   if (Deno.permissions.querySync(sys).state !== "granted") return "localhost";
   return Deno.hostname();
-}
-
-function errorText(e: unknown): string {
-  return (e instanceof Error ? e.message : String(e)).replace(/\.$/, "");
 }
