@@ -140,7 +140,13 @@ export class CudaBackend implements Backend {
     this.name = name;
     this.gpu = gpu;
     this.stream = cu.streamCreate(cu.STREAM_NON_BLOCKING);
-    this.#staging = new Staging(driverStaging(), this.stream);
+    // Staging's waits for the GPU go through #waitForStream and
+    // #waitForEvent, so that a host wait (see setHostWait) covers them too.
+    this.#staging = new Staging({
+      ...driverStaging(),
+      streamSynchronize: (stream) => this.#waitForStream(stream),
+      eventSynchronize: (event) => this.#waitForEvent(event),
+    }, this.stream);
     this.#blas = new CublasHandle(this.stream);
     this.#dnn = new CudnnHandle(this.stream);
     this.#kernels = Kernels.load({
@@ -201,7 +207,37 @@ export class CudaBackend implements Backend {
   }
 
   synchronize(): void {
-    cu.streamSynchronize(this.stream);
+    this.#waitForStream(this.stream);
+  }
+
+  /**
+   * How the host waits for the GPU's work (in `synchronize` and every read):
+   * blocking in the driver (null, the default), or through `wait`, given an
+   * event recorded after the work. Data parallelism sets one that polls the
+   * event with a deadline and checks NCCL's own errors meanwhile, so that a
+   * collective left waiting for a rank that died becomes an error instead of
+   * a process that waits for ever.
+   */
+  setHostWait(wait: ((event: Deno.PointerValue) => void) | null): void {
+    this.#hostWait = wait;
+  }
+
+  #hostWait: ((event: Deno.PointerValue) => void) | null = null;
+
+  #waitForStream(stream: Deno.PointerValue): void {
+    if (this.#hostWait === null) return cu.streamSynchronize(stream);
+    const event = cu.eventCreate(cu.EVENT_DISABLE_TIMING);
+    try {
+      cu.eventRecord(event, stream);
+      this.#hostWait(event);
+    } finally {
+      cu.eventDestroy(event);
+    }
+  }
+
+  #waitForEvent(event: Deno.PointerValue): void {
+    if (this.#hostWait === null) return cu.eventSynchronize(event);
+    this.#hostWait(event);
   }
 
   memory(): MemoryInfo {

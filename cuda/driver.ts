@@ -73,6 +73,7 @@ export const DRIVER_SYMBOLS = {
   cuEventCreate: { parameters: ["buffer", "u32"], result: "i32" },
   cuEventRecord: { parameters: ["pointer", "pointer"], result: "i32" },
   cuEventSynchronize: { parameters: ["pointer"], result: "i32" },
+  cuEventQuery: { parameters: ["pointer"], result: "i32" },
   // CUDA 13's name; drivers before it export only the legacy name below,
   // whose prototype is the same, so either may be missing.
   cuEventElapsedTime_v2: {
@@ -399,6 +400,20 @@ export function eventRecord(
 
 export function eventSynchronize(event: Deno.PointerValue): void {
   check(sym().cuEventSynchronize(event), "cuEventSynchronize");
+}
+
+/** `CUDA_ERROR_NOT_READY`: the event's work is still queued or running. */
+const NOT_READY = 600;
+
+/**
+ * Whether `event`'s recorded work is done, without waiting
+ * (`cuEventQuery`: CUDA_SUCCESS or CUDA_ERROR_NOT_READY; other codes throw).
+ */
+export function eventQuery(event: Deno.PointerValue): boolean {
+  const status = sym().cuEventQuery(event);
+  if (status === NOT_READY) return false;
+  check(status, "cuEventQuery");
+  return true;
 }
 
 /** Milliseconds between two recorded, completed events. */

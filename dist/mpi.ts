@@ -17,6 +17,10 @@
  * @module
  */
 
+import { pollUntil } from "./poll.ts";
+
+export { CollectiveTimeout } from "./poll.ts";
+
 export const MPI_SYMBOLS = {
   MPI_Initialized: { parameters: ["buffer"], result: "i32" },
   MPI_Init_thread: {
@@ -96,25 +100,6 @@ const IN_PLACE = Deno.UnsafePointer.create(1n);
 const MAX_ERROR_STRING = 256;
 const MAX_LIBRARY_VERSION_STRING = 256;
 
-/** Tests of a request before sleeping between them, and the sleeps' range. */
-const SPINS_BEFORE_SLEEP = 200;
-const MIN_PAUSE_US = 20;
-const MAX_PAUSE_US = 1000;
-
-let libc:
-  | Deno.DynamicLibrary<{
-    usleep: { parameters: ["u32"]; result: "i32" };
-  }>
-  | null = null;
-
-/** Sleeps the thread (libc's usleep: Deno has no synchronous sleep). */
-function sleepMicroseconds(us: number): void {
-  libc ??= Deno.dlopen("libc.so.6", {
-    usleep: { parameters: ["u32"], result: "i32" },
-  });
-  libc.symbols.usleep(us);
-}
-
 /** A failed MPI call, with MPI's own description of its error code. */
 export class MpiError extends Error {
   constructor(
@@ -124,20 +109,6 @@ export class MpiError extends Error {
   ) {
     super(`MPI: ${call} failed with ${description} (error ${code})`);
     this.name = "MpiError";
-  }
-}
-
-/** A collective that did not complete before its deadline. */
-export class CollectiveTimeout extends Error {
-  constructor(
-    readonly rank: number,
-    readonly what: string,
-    readonly seconds: number,
-  ) {
-    super(
-      `${what} did not complete within ${seconds} s, so another rank has stopped or is stuck`,
-    );
-    this.name = "CollectiveTimeout";
   }
 }
 
@@ -390,28 +361,13 @@ export class MpiWorld {
     return flag[0] !== 0;
   }
 
-  /**
-   * Polls a request until it completes or the timeout passes. After a
-   * short spin it sleeps between tests, growing to 1 ms: a rank that waits
-   * must leave the cores to the ranks still computing when there are more
-   * ranks than cores.
-   */
+  /** Polls a request until it completes or the timeout passes (dist/poll.ts). */
   waitFor(request: BigUint64Array, what: string): void {
-    const start = performance.now();
-    const deadline = start + this.timeoutSeconds * 1000;
-    let pause = 0;
-    for (let spins = 0;; spins++) {
-      if (this.test(request)) {
-        this.waitedMs += performance.now() - start;
-        return;
-      }
-      if (spins < SPINS_BEFORE_SLEEP) continue;
-      pause = Math.min(MAX_PAUSE_US, Math.max(MIN_PAUSE_US, pause * 2));
-      sleepMicroseconds(pause);
-      if (performance.now() > deadline) {
-        throw new CollectiveTimeout(this.rank, what, this.timeoutSeconds);
-      }
-    }
+    this.waitedMs += pollUntil(() => this.test(request), {
+      rank: this.rank,
+      what,
+      timeoutSeconds: this.timeoutSeconds,
+    });
   }
 
   /**

@@ -13,6 +13,13 @@
  * after it run beside it, and `wait()` makes the compute stream wait for
  * it before the optimiser reads the averages.
  *
+ * NCCL's collectives have no timeout of their own: one waiting for a rank
+ * that died waits for ever, and so would the host in its next read. So the
+ * communicator makes the backend's host waits poll (dist/poll.ts) with the
+ * world's deadline, asking NCCL for an asynchronous error between polls;
+ * past the deadline it aborts the NCCL communicator (which ends its queued
+ * kernels) and throws, and the tool's error path stops every rank.
+ *
  * @module
  */
 
@@ -23,6 +30,7 @@ import { NcclComm, SUM, UNIQUE_ID_BYTES, uniqueId } from "../cuda/nccl.ts";
 import type { DataBuffer } from "../nn/backend.ts";
 import type { Communicator, Pending } from "./communicator.ts";
 import type { MpiWorld } from "./mpi.ts";
+import { pollUntil } from "./poll.ts";
 
 /**
  * The NCCL unique id: made by rank 0 (no GPU work), broadcast to all ranks
@@ -49,6 +57,28 @@ export class NcclCommunicator implements Communicator {
     this.#stream = cu.streamCreate(cu.STREAM_NON_BLOCKING);
     this.rank = world.rank;
     this.size = world.size;
+    backend.setHostWait((event) => this.#waitForGpu(event));
+  }
+
+  /**
+   * Waits for `event` within the world's timeout, NCCL's asynchronous
+   * errors checked between polls; aborts the communicator on either.
+   */
+  #waitForGpu(event: Deno.PointerValue): void {
+    try {
+      pollUntil(() => cu.eventQuery(event), {
+        rank: this.rank,
+        what: "the GPU's work (an NCCL collective may be waiting for a rank)",
+        timeoutSeconds: this.world.timeoutSeconds,
+        check: () => this.#comm.checkAsync(),
+      });
+    } catch (e) {
+      // A timeout, an NCCL error or a failed query: the communicator is
+      // unusable. Aborting ends the collectives the other ranks will never
+      // join, so that the stream (and the process's exit) does not wait.
+      this.abort();
+      throw e;
+    }
   }
 
   allReduce(buffer: DataBuffer, offset = 0, length?: number): void {
@@ -111,12 +141,19 @@ export class NcclCommunicator implements Communicator {
 
   /** Frees the communicator after the queued work (or at once: `abort`). */
   destroy(): void {
+    this.backend.setHostWait(null);
     this.#comm.destroy();
     cu.streamDestroy(this.#stream);
   }
 
+  /** Ends the communicator and its queued collectives at once. */
   abort(): void {
-    this.#comm.abort();
+    this.backend.setHostWait(null);
+    try {
+      this.#comm.abort();
+    } catch {
+      // Already failing: the caller reports the first error.
+    }
   }
 }
 
