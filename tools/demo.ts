@@ -21,8 +21,8 @@ import type { PretrainArgs } from "./pretrain_args.ts";
 /**
  * The validation split: the last 2,000 of the built-in 10,000 training
  * images (as many as the built-in test split), held out of pretraining and
- * of the probe's training. The recipe below was chosen on it; the test
- * split is measured once, by the final probe.
+ * of the probe's training. Settings are compared on it; the test split
+ * is measured once, by the final probe.
  */
 export const DEMO_VALIDATION = 2000;
 
@@ -67,7 +67,10 @@ export async function demoSplits(): Promise<DemoSplits> {
  * - 6 epochs with one of warm-up: what fits ten minutes on an idle 2-core
  *   machine.
  * One worker thread augments while the main thread (and OpenBLAS)
- * computes.
+ * computes. Measured with seed 0: the probe's final test top-1 79.00 %
+ * (validation 79.70 %), against 81.05 % for raw pixels and 64.75 % at
+ * initialisation; the batch and teacher momentum above were not compared
+ * with the paper's on the validation split.
  */
 export const DEMO_PRETRAIN: Partial<PretrainArgs> = {
   arch: "resnet18",
