@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { assert } from "./assert.ts";
 import { loadCheckpoint } from "../mod.ts";
 import { haveMpirun, mpirun, startMpirun } from "./dist/mpirun.ts";
-import { makeImageFolders, PERMISSIONS, ROOT } from "./tool_runs.ts";
+import { makeImageFolders, runDeno, TINY as TINY_TOOLS } from "./tool_runs.ts";
 
 const MPI = await haveMpirun();
 if (!MPI) {
@@ -17,39 +17,12 @@ if (!MPI) {
   );
 }
 
-/** Two epochs of two iterations of a tiny network on 8 real JPEGs. */
-const TINY = [
-  "--arch",
-  "resnet18",
-  "--width",
-  "4",
-  "--small-stem",
-  "--image-size",
-  "16",
-  "--dim",
-  "16",
-  "--pred-dim",
-  "8",
-  "-b",
-  "4",
-  "--epochs",
-  "2",
-  "--warmup-epochs",
-  "1",
-  "-j",
-  "0",
-];
+/** Two epochs of two iterations of a tiny network, on the main thread. */
+const TINY = [...TINY_TOOLS, "-j", "0"];
 
 /** `deno task pretrain args` as one process. */
-async function pretrainAlone(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, "tools/pretrain.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", MEC_THREADS: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+function pretrainAlone(args: string[]) {
+  return runDeno("tools/pretrain.ts", args, { MEC_THREADS: "1" });
 }
 
 /** The loss of every logged step, by iteration (each logged once). */
@@ -235,19 +208,8 @@ for (
 }
 
 /** `deno task lincls args` as one process. */
-async function linclsAlone(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, "tools/lincls.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", MEC_THREADS: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
+function linclsAlone(args: string[]) {
+  return runDeno("tools/lincls.ts", args, { MEC_THREADS: "1" });
 }
 
 /** The validation Acc@1 lines of a probe's output. */

@@ -21,7 +21,7 @@ import { finalReport } from "../tools/lincls.ts";
 import { snapshotState } from "../tools/probe.ts";
 import { assert } from "./assert.ts";
 import { testDevice } from "./device.ts";
-import { makeImageFolders, PERMISSIONS, ROOT } from "./tool_runs.ts";
+import { makeImageFolders, runDeno, TINY } from "./tool_runs.ts";
 
 /** 16x16 grey images whose brightness says the class, with noise. */
 function brightnessSet(count: number, seed: number): ArrayDataset {
@@ -110,50 +110,9 @@ Deno.test("KnnMonitor.measure() is knnAccuracy() of the backbone's eval-mode fea
   assert.ok(result.seconds > 0);
 });
 
-async function pretrain(args: string[]) {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      ...PERMISSIONS,
-      "tools/pretrain.ts",
-      "--device",
-      testDevice,
-      ...args,
-    ],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
+function pretrain(args: string[]) {
+  return runDeno("tools/pretrain.ts", ["--device", testDevice, ...args]);
 }
-
-/** Two epochs of two iterations of a tiny network. */
-const TINY = [
-  "--arch",
-  "resnet18",
-  "--width",
-  "4",
-  "--small-stem",
-  "--image-size",
-  "16",
-  "--dim",
-  "16",
-  "--pred-dim",
-  "8",
-  "-b",
-  "4",
-  "--epochs",
-  "2",
-  "--warmup-epochs",
-  "1",
-  "-j",
-  "1",
-];
 
 async function records(dir: string) {
   const text = await Deno.readTextFile(join(dir, "log.jsonl"));

@@ -7,33 +7,12 @@
 import { join } from "node:path";
 import { downsample } from "../tools/report_charts.ts";
 import { readRunLog } from "../tools/run_log.ts";
-import { makeImageFolders, PERMISSIONS, ROOT } from "./tool_runs.ts";
+import { makeImageFolders, runDeno } from "./tool_runs.ts";
 import { assert } from "./assert.ts";
 import { decodeEvent, readRecords } from "./tfevents.ts";
 import { testDevice } from "./device.ts";
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function deno(script: string, args: string[]): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, script, ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
-}
-
-const report = (args: string[]) => deno("tools/report.ts", args);
+const report = (args: string[]) => runDeno("tools/report.ts", args);
 
 const tmp = await Deno.makeTempDir({ prefix: "mec_report_" });
 globalThis.addEventListener("unload", () => {
@@ -106,7 +85,7 @@ Deno.test("report draws a chart per logged metric of a real pretraining and its 
   const pretrain = join(tmp, "pretrain");
   const probe = join(tmp, "probe");
   const tiny = ["--device", testDevice, "-b", "4", "-j", "1", "--epochs", "2"];
-  const p = await deno("tools/pretrain.ts", [
+  const p = await runDeno("tools/pretrain.ts", [
     data,
     ...tiny,
     ...["--arch", "resnet18", "--width", "4", "--small-stem"],
@@ -116,13 +95,13 @@ Deno.test("report draws a chart per logged metric of a real pretraining and its 
   assert.equal(p.code, 0, p.stderr);
   // Resumed after the first epoch: iterations 2 and 3 run again, into a
   // second event file that starts there.
-  const resumed = await deno("tools/pretrain.ts", [
+  const resumed = await runDeno("tools/pretrain.ts", [
     ...["--resume", join(pretrain, "checkpoint_0000.safetensors")],
     ...["--device", testDevice],
   ]);
   assert.equal(resumed.code, 0, resumed.stderr);
   await assertEventFiles(pretrain, [0, 2], "train/loss", "step", "loss");
-  const l = await deno("tools/lincls.ts", [
+  const l = await runDeno("tools/lincls.ts", [
     data,
     ...tiny,
     ...["--pretrained", join(pretrain, "checkpoint_0001.safetensors")],

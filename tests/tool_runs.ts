@@ -38,3 +38,61 @@ export async function makeImageFolders(root: string): Promise<void> {
     }
   }
 }
+
+/**
+ * A tiny network and schedule for the tools: a ResNet-18 of width 4 on
+ * 16 px views, batch 4, two epochs with one of warm-up, one worker. With
+ * the 8 images of {@link makeImageFolders}, an epoch is two iterations.
+ * A flag given again after it replaces its value (`[...TINY, "-j", "0"]`).
+ */
+export const TINY: readonly string[] = [
+  "--arch",
+  "resnet18",
+  "--width",
+  "4",
+  "--small-stem",
+  "--image-size",
+  "16",
+  "--dim",
+  "16",
+  "--pred-dim",
+  "8",
+  "-b",
+  "4",
+  "--epochs",
+  "2",
+  "--warmup-epochs",
+  "1",
+  "-j",
+  "1",
+];
+
+/** What a program run as a subprocess left: its exit code and output. */
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs `deno run` with the tools' {@link PERMISSIONS} on `script` (relative
+ * to the repository root) and `args`, without colours, with `env` added.
+ */
+export async function runDeno(
+  script: string,
+  args: readonly string[],
+  env: Record<string, string> = {},
+): Promise<Run> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...PERMISSIONS, script, ...args],
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  return {
+    code: out.code,
+    stdout: new TextDecoder().decode(out.stdout),
+    stderr: new TextDecoder().decode(out.stderr),
+  };
+}

@@ -4,49 +4,15 @@
  * where the flag would do nothing refused in one sentence.
  */
 
-import { makeImageFolders, PERMISSIONS, ROOT } from "./tool_runs.ts";
+import { makeImageFolders, runDeno, TINY } from "./tool_runs.ts";
 import { turboJpeg } from "../data/turbojpeg.ts";
 import { assert } from "./assert.ts";
 
 /** A tiny network: one epoch of two iterations on 16-pixel views. */
-const TINY = [
-  "--arch",
-  "resnet18",
-  "--width",
-  "4",
-  "--small-stem",
-  "--image-size",
-  "16",
-  "--dim",
-  "16",
-  "--pred-dim",
-  "8",
-  "-b",
-  "4",
-  "--epochs",
-  "1",
-  "--warmup-epochs",
-  "0",
-  "-j",
-  "1",
-];
+const ONE_EPOCH = [...TINY, "--epochs", "1", "--warmup-epochs", "0"];
 
-async function pretrain(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", ...PERMISSIONS, "tools/pretrain.ts", ...args],
-    cwd: ROOT,
-    env: { NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
+function pretrain(args: string[], env: Record<string, string> = {}) {
+  return runDeno("tools/pretrain.ts", args, env);
 }
 
 Deno.test({
@@ -62,7 +28,7 @@ Deno.test({
         "--out",
         `${root}/run`,
         "--fast-decode",
-        ...TINY,
+        ...ONE_EPOCH,
       ]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /^epoch 0: 8 images, none skipped$/m);
@@ -85,13 +51,13 @@ Deno.test({
 });
 
 Deno.test("pretrain refuses --fast-decode where nothing is decoded, or without TurboJPEG", async () => {
-  const dummy = await pretrain(["--dummy", "--fast-decode", ...TINY]);
+  const dummy = await pretrain(["--dummy", "--fast-decode", ...ONE_EPOCH]);
   assert.equal(dummy.code, 2, dummy.stderr);
   assert.match(
     dummy.stderr,
     /--fast-decode needs a DATA_DIR of JPEG files: --dummy's random images are not decoded\./,
   );
-  const demo = await pretrain(["--fast-decode", ...TINY]);
+  const demo = await pretrain(["--fast-decode", ...ONE_EPOCH]);
   assert.equal(demo.code, 2, demo.stderr);
   assert.match(
     demo.stderr,
@@ -101,7 +67,7 @@ Deno.test("pretrain refuses --fast-decode where nothing is decoded, or without T
   try {
     await makeImageFolders(root);
     const r = await pretrain(
-      [root, "--out", `${root}/run`, "--fast-decode", ...TINY],
+      [root, "--out", `${root}/run`, "--fast-decode", ...ONE_EPOCH],
       { MEC_TURBOJPEG: "off" },
     );
     assert.notEqual(r.code, 0);

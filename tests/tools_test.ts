@@ -15,63 +15,24 @@ import {
   resnet18,
   scope,
 } from "../mod.ts";
-import { FIXTURES, JPEGS, PERMISSIONS, ROOT } from "./tool_runs.ts";
+import {
+  FIXTURES,
+  JPEGS,
+  PERMISSIONS,
+  ROOT,
+  type Run,
+  runDeno,
+  TINY,
+} from "./tool_runs.ts";
 import { assertFrozen, snapshotState } from "../tools/probe.ts";
 import { assert, assertThrows } from "./assert.ts";
 import { testDevice } from "./device.ts";
 
-/** A tiny network and schedule: two epochs of two iterations. */
-const TINY = [
-  "--arch",
-  "resnet18",
-  "--width",
-  "4",
-  "--small-stem",
-  "--image-size",
-  "16",
-  "--dim",
-  "16",
-  "--pred-dim",
-  "8",
-  "-b",
-  "4",
-  "--epochs",
-  "2",
-  "--warmup-epochs",
-  "1",
-  "-j",
-  "1",
-];
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function tool(name: "pretrain" | "lincls", args: string[]): Promise<Run> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    // The device under test first: a case's own --device comes later and wins.
-    args: [
-      "run",
-      ...PERMISSIONS,
-      `tools/${name}.ts`,
-      "--device",
-      testDevice,
-      ...args,
-    ],
-    cwd: ROOT,
-    // The default convolutions (oneDNN where installed): resumed runs must
-    // match uninterrupted ones with what users get.
-    env: { NO_COLOR: "1" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: out.code,
-    stdout: new TextDecoder().decode(out.stdout),
-    stderr: new TextDecoder().decode(out.stderr),
-  };
+function tool(name: "pretrain" | "lincls", args: string[]): Promise<Run> {
+  // The device under test first: a case's own --device comes later and wins.
+  // The default convolutions (oneDNN where installed): resumed runs must
+  // match uninterrupted ones with what users get.
+  return runDeno(`tools/${name}.ts`, ["--device", testDevice, ...args]);
 }
 
 /** DATA/{train,val}/{a,b}/*.jpg with four real JPEGs per class. */
