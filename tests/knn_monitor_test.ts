@@ -17,7 +17,7 @@ import {
   tensor,
 } from "../mod.ts";
 import { KnnMonitor } from "../tools/knn_monitor.ts";
-import { finalReport } from "../tools/lincls.ts";
+import { finalReport } from "../tools/probe_loop.ts";
 import { snapshotState } from "../tools/probe.ts";
 import { assert } from "./assert.ts";
 import { testDevice } from "./device.ts";

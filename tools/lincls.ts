@@ -24,9 +24,8 @@
  * @module
  */
 
-import { join, resolve } from "node:path";
-import { type Dataset, imageFolder, LARS, SGD } from "../mod.ts";
-import { capWorkers, exists, EXIT, openDevice, UsageError } from "./cli.ts";
+import { LARS, SGD } from "../mod.ts";
+import { capWorkers, EXIT, openDevice, UsageError } from "./cli.ts";
 import type { Ranks } from "../dist/parallel.ts";
 import {
   perRankBatch,
@@ -34,12 +33,7 @@ import {
   runTool,
   silentLog,
 } from "./distributed.ts";
-import {
-  DEMO_PRETRAIN,
-  DEMO_PROBE,
-  DEMO_VALIDATION,
-  demoSplits,
-} from "./demo.ts";
+import { DEMO_PROBE, DEMO_VALIDATION } from "./demo.ts";
 import { helpText, parseCommand, recordedSettings } from "./flags.ts";
 import {
   ARCH_FLAGS,
@@ -51,12 +45,6 @@ import {
   type ProbeMetadata,
   USAGE,
 } from "./lincls_args.ts";
-import {
-  ACTIVATION_COPIES,
-  checkMemory,
-  resnetCost,
-  trainingMemory,
-} from "./memory.ts";
 import {
   backboneState,
   describeArch,
@@ -70,54 +58,17 @@ import {
   evaluate,
   snapshotState,
 } from "./probe.ts";
-import { AugmentedFeatures, CachedFeatures, CHUNK } from "./probe_features.ts";
-import { type ProbeOutcome, trainProbe } from "./probe_loop.ts";
+import { AugmentedFeatures, CachedFeatures } from "./probe_features.ts";
+import {
+  checkProbeMemory,
+  latestDemoCheckpoint,
+  openData,
+  splitFolders,
+} from "./probe_data.ts";
+import { finalReport, trainProbe } from "./probe_loop.ts";
 import { JsonLog } from "./progress.ts";
 import { PROBE_SCALARS } from "./tensorboard.ts";
 import { inspectRunFolder, LINCLS_FILES, startRun } from "./run_folder.ts";
-
-/**
- * Checks the probe's host memory before the network is built: the loader's
- * batches (of the augmented training view, or of the evaluation view in
- * chunks for cached features) and one chunk's frozen forward pass.
- */
-function checkProbeMemory(
-  args: LinclsArgs,
-  trainLength: number,
-  device: string,
-): void {
-  const batch = args.cacheFeatures
-    ? CHUNK
-    : Math.max(CHUNK, Math.min(args.batchSize, trainLength));
-  const loader = trainingMemory({
-    arch: args.arch,
-    width: args.width,
-    smallStem: args.smallStem,
-    imageSize: args.imageSize,
-    views: 1,
-    workers: args.workers,
-    passes: 0,
-    extraParameters: 0,
-    parameterCopies: args.rawPixels ? 0 : 1,
-  });
-  const cost = resnetCost(
-    args.arch,
-    args.width,
-    args.smallStem,
-    args.imageSize,
-  );
-  const forward = args.rawPixels || device !== "cpu"
-    ? 0
-    : 4 * CHUNK * ACTIVATION_COPIES * cost.activations;
-  checkMemory(
-    { fixed: loader.fixed + forward, perSample: loader.perSample },
-    batch,
-    `Probing ${
-      args.rawPixels ? "raw pixels" : `a ${describeArch(args)}`
-    } on batches of ${batch} at ${args.imageSize} px`,
-    "--image-size",
-  );
-}
 
 /**
  * Runs the tool on `argv`; returns the exit code. `ranks`: this process's
@@ -371,99 +322,6 @@ export async function lincls(
   console.log(finalReport(outcome, testAcc, k5, args.out));
   await feeder.close();
   return EXIT.ok;
-}
-
-/**
- * The closing lines: the final epoch's figures first (the test split's,
- * measured once, where there is one), then the best epoch, labelled with
- * the split that chose it.
- */
-export function finalReport(
-  o: ProbeOutcome,
-  test: [number, number] | null,
-  k5: number,
-  out: string,
-): string {
-  const f = (v: number) => v.toFixed(3);
-  const lines = [
-    test === null
-      ? `Final probe (epoch ${o.lastEpoch}): val Acc@1 ${
-        f(o.lastAcc1)
-      } Acc@${k5} ${f(o.lastAcc5)}.`
-      : `Final probe (epoch ${o.lastEpoch}): test Acc@1 ${
-        f(test[0])
-      } Acc@${k5} ${f(test[1])} (val Acc@1 ${f(o.lastAcc1)}).`,
-    `Best epoch by val Acc@1: ${
-      o.bestEpoch === null ? "an earlier run's" : `epoch ${o.bestEpoch}`
-    }, ${f(o.bestAcc1)} (chosen on val, so ${
-      test === null ? "optimistic as a measure" : "not a test figure"
-    }); the backbone is unchanged; probes in ${out}.`,
-  ];
-  return lines.join("\n");
-}
-
-/** The newest epoch checkpoint of the demo pretraining. */
-async function latestDemoCheckpoint(): Promise<string> {
-  const dir = DEMO_PRETRAIN.out!;
-  let best: string | null = null;
-  try {
-    for await (const e of Deno.readDir(dir)) {
-      if (/^checkpoint_\d{4}\.safetensors$/.test(e.name)) {
-        if (best === null || e.name > best) best = e.name;
-      }
-    }
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
-  }
-  if (best === null) {
-    throw new UsageError(
-      `No --pretrained checkpoint was given and ${dir} holds no demo checkpoint; run deno task pretrain first, or pass --pretrained CKPT.`,
-    );
-  }
-  return join(dir, best);
-}
-
-/** Train, val and (the demo's) test split. */
-async function openData(
-  args: LinclsArgs,
-  demo: boolean,
-): Promise<[Dataset, Dataset, Dataset | null]> {
-  if (demo) {
-    const splits = await demoSplits();
-    return [splits.train, splits.val, splits.test];
-  }
-  const root = resolve(args.data!);
-  const out: Dataset[] = [];
-  for (const dir of await splitFolders(args.data!)) {
-    out.push(await imageFolder(dir));
-  }
-  if (out[0].classes.join("\n") !== out[1].classes.join("\n")) {
-    throw new Error(
-      `The train and val folders of ${root} have different classes.`,
-    );
-  }
-  return [out[0], out[1], null];
-}
-
-/** DATA_DIR/train and DATA_DIR/val, or one sentence saying what is missing. */
-async function splitFolders(data: string): Promise<string[]> {
-  const root = resolve(data);
-  if (!await exists(root)) {
-    throw new Error(`The data folder ${root} does not exist.`);
-  }
-  const dirs: string[] = [];
-  for (const split of ["train", "val"]) {
-    const dir = join(root, split);
-    if (!await exists(dir)) {
-      throw new Error(
-        `The data folder ${root} has no ${split} sub-folder: expected ${
-          join(dir, "<class>", "<image>.jpg")
-        }.`,
-      );
-    }
-    dirs.push(dir);
-  }
-  return dirs;
 }
 
 if (import.meta.main) runTool((ranks) => lincls(Deno.args, ranks));

@@ -152,3 +152,32 @@ export async function trainProbe(run: ProbeRun): Promise<ProbeOutcome> {
     bestEpoch,
   };
 }
+
+/**
+ * The closing lines: the final epoch's figures first (the test split's,
+ * measured once, where there is one), then the best epoch, labelled with
+ * the split that chose it.
+ */
+export function finalReport(
+  o: ProbeOutcome,
+  test: [number, number] | null,
+  k5: number,
+  out: string,
+): string {
+  const f = (v: number) => v.toFixed(3);
+  const lines = [
+    test === null
+      ? `Final probe (epoch ${o.lastEpoch}): val Acc@1 ${
+        f(o.lastAcc1)
+      } Acc@${k5} ${f(o.lastAcc5)}.`
+      : `Final probe (epoch ${o.lastEpoch}): test Acc@1 ${
+        f(test[0])
+      } Acc@${k5} ${f(test[1])} (val Acc@1 ${f(o.lastAcc1)}).`,
+    `Best epoch by val Acc@1: ${
+      o.bestEpoch === null ? "an earlier run's" : `epoch ${o.bestEpoch}`
+    }, ${f(o.bestAcc1)} (chosen on val, so ${
+      test === null ? "optimistic as a measure" : "not a test figure"
+    }); the backbone is unchanged; probes in ${out}.`,
+  ];
+  return lines.join("\n");
+}
