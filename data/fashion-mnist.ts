@@ -91,16 +91,23 @@ export async function fashionMnist(
   return Object.assign(dataset, { root: base.href });
 }
 
-async function defaultRoot(): Promise<string | URL> {
+/** Whether Debian's `dataset-fashion-mnist` has installed the full set. */
+export async function fullFashionMnistInstalled(): Promise<boolean> {
   try {
     const info = await Deno.stat(
       `${DEBIAN_FASHION_MNIST}/train-images-idx3-ubyte.gz`,
     );
-    if (info.isFile) return DEBIAN_FASHION_MNIST;
+    return info.isFile;
   } catch {
     // Not installed (or not readable): the built-in subset serves.
+    return false;
   }
-  return BUILTIN_FASHION_MNIST;
+}
+
+async function defaultRoot(): Promise<string | URL> {
+  return await fullFashionMnistInstalled()
+    ? DEBIAN_FASHION_MNIST
+    : BUILTIN_FASHION_MNIST;
 }
 
 async function readGzip(url: URL): Promise<Uint8Array> {

@@ -103,6 +103,7 @@ export {
   type FashionMnist,
   fashionMnist,
   type FashionMnistOptions,
+  fullFashionMnistInstalled,
 } from "./fashion-mnist.ts";
 export { firstPerClass, type HeldOut, holdOut, Subset } from "./splits.ts";
 export { DummyDataset, type DummyDatasetOptions } from "./dummy.ts";

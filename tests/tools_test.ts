@@ -331,6 +331,34 @@ Deno.test("a NaN loss stops pretraining with the iteration and the last good che
   );
 });
 
+Deno.test("pretrain --profile prints each step's time and memory by op kind, and a resumed run does not inherit it", async () => {
+  const out = join(tmp, "profile");
+  const r = await tool("pretrain", [
+    data,
+    ...TINY,
+    "--epochs",
+    "1",
+    "--profile",
+    "--out",
+    out,
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  const tables = r.stderr.match(/^MEC step, iteration \d+: [\d.]+ s$/gm) ?? [];
+  assert.equal(tables.length, 2, r.stderr);
+  for (const kind of ["conv fwd", "conv bwd-filter", "batch norm fwd", "relu"]) {
+    assert.match(r.stderr, new RegExp(`^  ${kind} +[\\d.]+ +[\\d.]+%`, "m"));
+  }
+  assert.match(r.stderr, /memory: peak live [\d.]+ [kMG]?B, .* resident/);
+  const resumed = await tool("pretrain", [
+    "--resume",
+    join(out, "checkpoint_0000.safetensors"),
+    "--epochs",
+    "2",
+  ]);
+  assert.equal(resumed.code, 0, resumed.stderr);
+  assert.doesNotMatch(resumed.stderr, /MEC step, iteration/);
+});
+
 Deno.test("--help lists every flag and exits 0", async () => {
   for (const name of ["pretrain", "lincls"] as const) {
     const r = await tool(name, ["--help"]);

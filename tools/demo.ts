@@ -10,43 +10,78 @@
 
 import {
   BUILTIN_FASHION_MNIST,
+  DEBIAN_FASHION_MNIST,
   type Dataset,
   fashionMnist,
+  fullFashionMnistInstalled,
   holdOut,
-  type Subset,
+  Subset,
 } from "../mod.ts";
 import type { LinclsArgs } from "./lincls_args.ts";
 import type { PretrainArgs } from "./pretrain_args.ts";
 
 /**
- * The validation split: the last 2,000 of the built-in 10,000 training
- * images (as many as the built-in test split), held out of pretraining and
- * of the probe's training. Settings are compared on it; the test split
- * is measured once, by the final probe.
+ * Pretraining's images: the first 8,000 training images, the same whether
+ * the full set is installed or not, so the pretraining's length and its
+ * figures do not depend on the machine.
  */
-export const DEMO_VALIDATION = 2000;
+export const DEMO_PRETRAIN_IMAGES = 8000;
 
-/** The demo's three splits of Fashion-MNIST. */
+/** The demo's splits of Fashion-MNIST and where they came from. */
 export interface DemoSplits {
-  /** The first 8,000 training images: pretraining, kNN bank, probe training. */
+  /** The first {@link DEMO_PRETRAIN_IMAGES} training images: pretraining, kNN bank. */
+  pretrain: Subset;
+  /** The probe's training images: every training image not held out. */
   train: Subset;
-  /** The last 2,000 training images: kNN queries, choosing settings. */
+  /** The held-out end of the training file: kNN queries, choosing settings. */
   val: Subset;
-  /** The 2,000 built-in test images, for the final figure. */
+  /** The test split, measured once by the final probe. */
   test: Dataset;
+  /** One phrase for the tools' first line, naming the source and the sizes. */
+  description: string;
 }
 
 /**
- * The splits, always from the built-in subset, even where Debian's full
- * set is installed: the demo's length and figures then do not depend on it.
+ * The splits. Where Debian's `dataset-fashion-mnist` is installed: the
+ * probe trains on the first 55,000 training images, the last 5,000 are the
+ * validation split, and the final figure is on all 10,000 test images.
+ * Otherwise the built-in subset: 8,000 to train the probe, the last 2,000
+ * to validate, its 2,000 test images. (The built-in subset is the full
+ * set's beginning, so pretraining sees the same images either way.)
+ * `root` forces one folder, for tests.
  */
-export async function demoSplits(): Promise<DemoSplits> {
-  const root = BUILTIN_FASHION_MNIST;
-  const { train, val } = holdOut(
-    await fashionMnist("train", { root }),
-    DEMO_VALIDATION,
-  );
-  return { train, val, test: await fashionMnist("test", { root }) };
+export async function demoSplits(
+  root?: string | URL,
+): Promise<DemoSplits> {
+  const folder = root ??
+    (await fullFashionMnistInstalled()
+      ? DEBIAN_FASHION_MNIST
+      : BUILTIN_FASHION_MNIST);
+  const all = await fashionMnist("train", { root: folder });
+  const test = await fashionMnist("test", { root: folder });
+  // A fifth of the built-in 10,000; the full set's 5,000 are a twelfth.
+  const heldOut = all.length >= 60000 ? 5000 : 2000;
+  const { train, val } = holdOut(all, heldOut);
+  const source = folder === DEBIAN_FASHION_MNIST
+    ? "Debian's full Fashion-MNIST"
+    : folder === BUILTIN_FASHION_MNIST
+    ? "the built-in Fashion-MNIST subset"
+    : `Fashion-MNIST from ${folder}`;
+  const n = (k: number) => k.toLocaleString("en-US");
+  return {
+    pretrain: Subset.range(
+      all,
+      0,
+      Math.min(DEMO_PRETRAIN_IMAGES, train.length),
+      "pretrain",
+    ),
+    train,
+    val,
+    test,
+    description: `${source} (${n(train.length)} training images, the last ${
+      n(val.length)
+    } held out for validation, ${n(test.length)} test images)`,
+  };
 }
 
 /**

@@ -33,7 +33,7 @@ import {
   runTool,
   silentLog,
 } from "./distributed.ts";
-import { DEMO_PROBE, DEMO_VALIDATION } from "./demo.ts";
+import { DEMO_PROBE, demoSplits } from "./demo.ts";
 import { helpText, parseCommand, recordedSettings } from "./flags.ts";
 import {
   ARCH_FLAGS,
@@ -209,15 +209,16 @@ export async function lincls(
     : randomInit
     ? `a randomly initialised ${describeArch(args)}`
     : `${describeArch(args)} from ${pretrained}`;
-  if (demo) {
+  const splits = demo ? await demoSplits() : null;
+  if (splits !== null) {
     console.log(
-      `Demo: no DATA_DIR given, so the linear probe of ${what} trains on the built-in Fashion-MNIST's first 8,000 training images, is validated after each epoch on the last ${DEMO_VALIDATION}, and its final epoch is measured once on the test split; results go to ${args.out}.`,
+      `Demo: no DATA_DIR given, so the linear probe of ${what} trains on ${splits.description}, is validated after each epoch on the held-out images, and its final epoch is measured once on the test split; results go to ${args.out}.`,
     );
   } else {
     console.log(`Linear probe of ${what}.`);
   }
 
-  const [train, val, test] = await openData(args, demo);
+  const [train, val, test] = await openData(args, splits);
   checkProbeMemory(args, train.length, deviceName);
   const probe = buildProbe(args, train.classes.length);
   if (probeCkpt !== null) {

@@ -47,7 +47,11 @@ import {
   UsageError,
 } from "./cli.ts";
 import type { Ranks } from "../dist/parallel.ts";
-import { DEMO_PRETRAIN, DEMO_VALIDATION, demoSplits } from "./demo.ts";
+import {
+  DEMO_PRETRAIN,
+  type DemoSplits,
+  demoSplits,
+} from "./demo.ts";
 import {
   dataParallel,
   perRankBatch,
@@ -160,6 +164,7 @@ export async function pretrain(
     resume: null,
     overwrite: false,
     maxIters: null,
+    profile: false,
     ...given,
   } as PretrainArgs;
   checkCombination(args);
@@ -212,20 +217,23 @@ export async function pretrain(
       // Running the demo again replaces the last demo run in its own folder.
       overwrite: given.overwrite === true || (demo && given.out === undefined),
     });
+  // The profiler wraps the backend when the device is opened.
+  if (args.profile) Deno.env.set("MEC_PROFILE", "1");
   const backend = await openDevice(deviceName, {
     tf32: args.tf32,
     deterministic: args.deterministic,
   });
 
-  if (demo) {
+  const splits = demo ? await demoSplits() : null;
+  if (splits !== null) {
     console.log(
       `Demo: no DATA_DIR given, so MEC pretrains a ${
         describeArch(args)
-      } on the built-in Fashion-MNIST's first 8,000 training images (the last ${DEMO_VALIDATION} are held out for validation) at ${args.imageSize} px for ${args.epochs} epochs (about 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
+      } on the first ${splits.pretrain.length.toLocaleString("en-US")} training images of ${splits.description} at ${args.imageSize} px for ${args.epochs} epochs (about 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
     );
   }
 
-  const opened = await openData(args, demo);
+  const opened = await openData(args, splits);
   const trainSet = opened.dataset;
   const monitor = root ? opened.monitor : null;
   let dataset = trainSet;
@@ -352,16 +360,15 @@ export async function pretrain(
  */
 async function openData(
   args: PretrainArgs,
-  demo: boolean,
+  splits: DemoSplits | null,
 ): Promise<{ dataset: Dataset; monitor: KnnMonitor | null }> {
   if (args.dummy) {
     return { dataset: new DummyDataset({ seed: args.seed }), monitor: null };
   }
   let dataset: Dataset;
   let val: Dataset | null = null;
-  if (demo) {
-    const splits = await demoSplits();
-    dataset = splits.train;
+  if (splits !== null) {
+    dataset = splits.pretrain;
     if (args.knn) val = splits.val;
   } else {
     dataset = await imageFolder(await trainFolder(args.data!));

@@ -47,6 +47,8 @@ export interface PretrainArgs {
   smallStem: boolean;
   width: number;
   maxIters: number | null;
+  /** Print each step's time and memory by op kind (nn/profile.ts); never stored. */
+  profile: boolean;
   /** The online kNN monitor (tools/knn_monitor.ts): on or off. */
   knn: boolean;
   /** Also measure every N iterations (0: at epoch ends only). */
@@ -143,6 +145,12 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
     help: "stop after N iterations, without a checkpoint (for timing)",
   },
   {
+    name: "profile",
+    kind: "bool",
+    help:
+      "after each step, print its time, calls and bytes by op kind (convolutions, GEMM, batch norm, ReLU, pooling, elementwise, optimiser, allocation, copies) and the peak of live, cached and resident memory (the same as MEC_PROFILE=1)",
+  },
+  {
     name: "knn",
     kind: "bool",
     help:
@@ -174,7 +182,7 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
 /** The flags' defaults: everything but what each run gives or derives. */
 export type PretrainDefaults = Omit<
   PretrainArgs,
-  "data" | "resume" | "maxIters" | "overwrite"
+  "data" | "resume" | "maxIters" | "overwrite" | "profile"
 >;
 
 /** The paper's recipe (DESIGN.md section 1). */
@@ -260,6 +268,7 @@ export function checkPretrainMetadata(
   }
   args.data = (data ?? null) as string | null;
   args.overwrite = false;
+  args.profile = false;
   const whole = (v: unknown): v is number =>
     typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
   const { epoch, batch, iteration, itersPerEpoch } = m;

@@ -10,7 +10,7 @@
 import { join, resolve } from "node:path";
 import { type Dataset, imageFolder } from "../mod.ts";
 import { exists, UsageError } from "./cli.ts";
-import { DEMO_PRETRAIN, demoSplits } from "./demo.ts";
+import { DEMO_PRETRAIN, type DemoSplits } from "./demo.ts";
 import type { LinclsArgs } from "./lincls_args.ts";
 import {
   ACTIVATION_COPIES,
@@ -88,12 +88,9 @@ export async function latestDemoCheckpoint(): Promise<string> {
 /** Train, val and (the demo's) test split. */
 export async function openData(
   args: LinclsArgs,
-  demo: boolean,
+  splits: DemoSplits | null,
 ): Promise<[Dataset, Dataset, Dataset | null]> {
-  if (demo) {
-    const splits = await demoSplits();
-    return [splits.train, splits.val, splits.test];
-  }
+  if (splits !== null) return [splits.train, splits.val, splits.test];
   const root = resolve(args.data!);
   const out: Dataset[] = [];
   for (const dir of await splitFolders(args.data!)) {
