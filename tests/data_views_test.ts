@@ -263,3 +263,24 @@ Deno.test("resizedCrop() matches PIL's antialiased bilinear resampling computed 
     }
   }
 });
+
+Deno.test("pretrainViews() takes --min-scale into both crops and keeps the rest of the recipe", () => {
+  const base = pretrainViews(28);
+  const wide = pretrainViews(28, 0.08);
+  assert.equal(wide.length, 2);
+  for (const [i, v] of wide.entries()) {
+    assert.ok(v.crop.kind === "random-resized");
+    assert.deepEqual(v.crop.scale, [0.08, 1]);
+    assert.deepEqual(
+      { ...v, crop: null },
+      { ...base[i], crop: null },
+      "only the crop changes",
+    );
+  }
+  const b = base[0].crop;
+  assert.ok(b.kind === "random-resized");
+  assert.deepEqual(b.scale, [0.2, 1]);
+  const large = pretrainViews(224, 0.5)[1].crop;
+  assert.ok(large.kind === "random-resized");
+  assert.deepEqual(large.scale, [0.5, 1]);
+});

@@ -239,7 +239,7 @@ export async function pretrain(
   let dataset = trainSet;
   const slow = Number(Deno.env.get("MEC_TEST_SLOW_DATA_MS") ?? 0);
   if (slow > 0) dataset = new SlowDataset(dataset, slow);
-  const views = pretrainViews(args.imageSize);
+  const views = pretrainViews(args.imageSize, args.minScale);
   await using loader = new DataLoader({
     dataset,
     views,

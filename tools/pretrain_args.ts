@@ -44,6 +44,8 @@ export interface PretrainArgs {
   tf32: boolean;
   deterministic: boolean;
   imageSize: number;
+  /** RandomResizedCrop's smallest area fraction of both views. */
+  minScale: number;
   smallStem: boolean;
   width: number;
   maxIters: number | null;
@@ -128,6 +130,16 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
   flag("tf32"),
   flag("deterministic"),
   flag("image-size", "side of the augmented views in pixels (default 224)"),
+  {
+    name: "min-scale",
+    kind: "number",
+    min: 0,
+    exclusiveMin: true,
+    max: 1,
+    meta: "S",
+    help:
+      "smallest fraction of the image's area a view's random crop covers (RandomResizedCrop's scale=(S, 1); default 0.2)",
+  },
   flag(
     "small-stem",
     "3x3 stride-1 first conv and no max-pool, for small images",
@@ -211,6 +223,7 @@ export const PAPER: PretrainDefaults = {
   tf32: false,
   deterministic: false,
   imageSize: 224,
+  minScale: 0.2,
   smallStem: false,
   width: 64,
   // Off with a DATA_DIR: the monitor needs a val folder, and on ImageNet

@@ -26,9 +26,16 @@ import {
 /** Image sizes below this are treated as small-image data (28/32 px). */
 export const SMALL_IMAGE = 64;
 
-/** MEC's two pretraining views at `size`, blur scaled for small images. */
-export function pretrainViews(size: number): ViewRecipe[] {
-  const views = mecViews(size);
+/**
+ * MEC's two pretraining views at `size`, blur scaled for small images;
+ * `minScale` replaces the crops' smallest area fraction (0.2).
+ */
+export function pretrainViews(size: number, minScale?: number): ViewRecipe[] {
+  const views = mecViews(size).map((v) =>
+    minScale === undefined || v.crop.kind !== "random-resized"
+      ? v
+      : { ...v, crop: { ...v.crop, scale: [minScale, 1] as const } }
+  );
   if (size >= SMALL_IMAGE) return views;
   const k = size / 224;
   return views.map((v) => ({
