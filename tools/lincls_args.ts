@@ -143,8 +143,10 @@ export const USAGE = "deno task lincls --pretrained CKPT [DATA_DIR] [flags]";
 export const DESCRIPTION =
   `Linear probe of a frozen backbone on DATA_DIR/train, evaluated on DATA_DIR/val
 after every epoch (top-1, top-5), as the paper's main_lincls.py. Without
-DATA_DIR it probes on the built-in Fashion-MNIST (train/test split), with the
-demo pretraining's last checkpoint (runs/demo) unless --pretrained is given.
+DATA_DIR it probes on Fashion-MNIST (Debian's full set where installed, else
+the built-in subset; validation held out of the training images, the test
+split measured once), with the demo pretraining's last checkpoint (runs/demo)
+unless --pretrained is given.
 Probe checkpoints: DIR/probe_last.safetensors and DIR/probe_best.safetensors.`;
 
 /** A probe checkpoint's metadata. */
