@@ -32,7 +32,10 @@ Deno.test("demoSplits() on the built-in subset: 8,000 to pretrain and train the 
   assert.deepEqual(names(s.pretrain), names(s.train));
   assertDisjoint(names(s.train), names(s.val));
   assert.equal(s.val.name(0), "fashion-mnist/train[8000]");
-  assert.match(s.description, /built-in.*8,000 training.*2,000 held out.*2,000 test/);
+  assert.match(
+    s.description,
+    /built-in.*8,000 training.*2,000 held out.*2,000 test/,
+  );
 });
 
 Deno.test({
@@ -59,7 +62,10 @@ Deno.test({
     // The full test split is all of t10k; the built-in one is its start.
     const t10k = await fashionMnist("test", { root: DEBIAN_FASHION_MNIST });
     assert.equal(s.test.label(9999), t10k.label(9999));
-    assert.match(s.description, /Debian's full.*55,000 training.*5,000 held out.*10,000 test/);
+    assert.match(
+      s.description,
+      /Debian's full.*55,000 training.*5,000 held out.*10,000 test/,
+    );
     // With no root, the installed full set is the one chosen.
     assert.equal((await demoSplits()).description, s.description);
   },

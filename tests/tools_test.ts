@@ -345,7 +345,9 @@ Deno.test("pretrain --profile prints each step's time and memory by op kind, and
   assert.equal(r.code, 0, r.stderr);
   const tables = r.stderr.match(/^MEC step, iteration \d+: [\d.]+ s$/gm) ?? [];
   assert.equal(tables.length, 2, r.stderr);
-  for (const kind of ["conv fwd", "conv bwd-filter", "batch norm fwd", "relu"]) {
+  for (
+    const kind of ["conv fwd", "conv bwd-filter", "batch norm fwd", "relu"]
+  ) {
     assert.match(r.stderr, new RegExp(`^  ${kind} +[\\d.]+ +[\\d.]+%`, "m"));
   }
   assert.match(r.stderr, /memory: peak live [\d.]+ [kMG]?B, .* resident/);

@@ -10,8 +10,8 @@
 
 import {
   BUILTIN_FASHION_MNIST,
-  DEBIAN_FASHION_MNIST,
   type Dataset,
+  DEBIAN_FASHION_MNIST,
   fashionMnist,
   fullFashionMnistInstalled,
   holdOut,

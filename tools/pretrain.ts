@@ -47,11 +47,7 @@ import {
   UsageError,
 } from "./cli.ts";
 import type { Ranks } from "../dist/parallel.ts";
-import {
-  DEMO_PRETRAIN,
-  type DemoSplits,
-  demoSplits,
-} from "./demo.ts";
+import { DEMO_PRETRAIN, type DemoSplits, demoSplits } from "./demo.ts";
 import {
   dataParallel,
   perRankBatch,
@@ -229,7 +225,9 @@ export async function pretrain(
     console.log(
       `Demo: no DATA_DIR given, so MEC pretrains a ${
         describeArch(args)
-      } on the first ${splits.pretrain.length.toLocaleString("en-US")} training images of ${splits.description} at ${args.imageSize} px for ${args.epochs} epochs (about 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
+      } on the first ${
+        splits.pretrain.length.toLocaleString("en-US")
+      } training images of ${splits.description} at ${args.imageSize} px for ${args.epochs} epochs (about 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
     );
   }
 
