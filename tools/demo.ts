@@ -111,7 +111,10 @@ export async function demoSplits(
  * fast with 256 features (79.30 %; 76.65 % with lr 1.0), colour jitter 0.8
  * (77.95 % after 3 epochs), eps 16 (kNN 42.4 % after 2 epochs, stopped).
  * One worker thread augments while the main thread (and OpenBLAS)
- * computes.
+ * computes. Measured with seed 0 on the full set: 9 min 2 s on an idle
+ * 2-core machine (78.5 pairs/s); the probe's final test top-1 81.34 %
+ * (validation 81.98 %), against 82.66 % for raw pixels and 66.38 % at
+ * initialisation.
  */
 export const DEMO_PRETRAIN: Partial<PretrainArgs> = {
   arch: "resnet18",
