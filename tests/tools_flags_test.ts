@@ -40,7 +40,7 @@ Deno.test("every flag sets a field the tool's defaults or inputs hold", () => {
   };
   check(
     PRETRAIN_FLAGS,
-    [...Object.keys(PAPER), "resume", "maxIters", "overwrite"],
+    [...Object.keys(PAPER), "resume", "maxIters", "overwrite", "profile"],
     "pretrain",
   );
   check(
