@@ -60,7 +60,7 @@ export async function fashionMnist(
   split: "train" | "test",
   options: FashionMnistOptions = {},
 ): Promise<FashionMnist> {
-  const root = options.root ?? await defaultRoot();
+  const root = options.root ?? await defaultFashionMnistRoot();
   const base = root instanceof URL ? root : pathToFileURL(resolve(root) + "/");
   const prefix = split === "train" ? "train" : "t10k";
   const images = parseIdx(
@@ -91,23 +91,20 @@ export async function fashionMnist(
   return Object.assign(dataset, { root: base.href });
 }
 
-/** Whether Debian's `dataset-fashion-mnist` has installed the full set. */
-export async function fullFashionMnistInstalled(): Promise<boolean> {
+/**
+ * The folder {@link fashionMnist} reads without a `root`: Debian's full set
+ * where `dataset-fashion-mnist` has installed it, else the built-in subset.
+ */
+export async function defaultFashionMnistRoot(): Promise<string | URL> {
   try {
     const info = await Deno.stat(
       `${DEBIAN_FASHION_MNIST}/train-images-idx3-ubyte.gz`,
     );
-    return info.isFile;
+    if (info.isFile) return DEBIAN_FASHION_MNIST;
   } catch {
     // Not installed (or not readable): the built-in subset serves.
-    return false;
   }
-}
-
-async function defaultRoot(): Promise<string | URL> {
-  return await fullFashionMnistInstalled()
-    ? DEBIAN_FASHION_MNIST
-    : BUILTIN_FASHION_MNIST;
+  return BUILTIN_FASHION_MNIST;
 }
 
 async function readGzip(url: URL): Promise<Uint8Array> {

@@ -99,11 +99,11 @@ export {
 export {
   BUILTIN_FASHION_MNIST,
   DEBIAN_FASHION_MNIST,
+  defaultFashionMnistRoot,
   FASHION_MNIST_CLASSES,
   type FashionMnist,
   fashionMnist,
   type FashionMnistOptions,
-  fullFashionMnistInstalled,
 } from "./fashion-mnist.ts";
 export { firstPerClass, type HeldOut, holdOut, Subset } from "./splits.ts";
 export { DummyDataset, type DummyDatasetOptions } from "./dummy.ts";

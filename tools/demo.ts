@@ -12,8 +12,8 @@ import {
   BUILTIN_FASHION_MNIST,
   type Dataset,
   DEBIAN_FASHION_MNIST,
+  defaultFashionMnistRoot,
   fashionMnist,
-  fullFashionMnistInstalled,
   holdOut,
   Subset,
 } from "../mod.ts";
@@ -53,10 +53,7 @@ export interface DemoSplits {
 export async function demoSplits(
   root?: string | URL,
 ): Promise<DemoSplits> {
-  const folder = root ??
-    (await fullFashionMnistInstalled()
-      ? DEBIAN_FASHION_MNIST
-      : BUILTIN_FASHION_MNIST);
+  const folder = root ?? await defaultFashionMnistRoot();
   const all = await fashionMnist("train", { root: folder });
   const test = await fashionMnist("test", { root: folder });
   // A fifth of the built-in 10,000; the full set's 5,000 are a twelfth.
