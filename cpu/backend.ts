@@ -47,9 +47,10 @@ import { CachingAllocator, Scratch } from "./allocator.ts";
 import { type Blas, blas } from "./blas.ts";
 import * as bn from "./batchnorm.ts";
 import * as conv from "./conv.ts";
-import { dnnl, tryDnnl } from "./dnnl.ts";
+import { type Dnnl, dnnl, tryDnnl } from "./dnnl.ts";
 import { convKey, type ConvOp, DnnlConvolutions } from "./dnnl_conv.ts";
 import { DnnlOps } from "./dnnl_ops.ts";
+import { type BlockedLayout, Layouts } from "./layout.ts";
 import * as ew from "./elementwise.ts";
 import * as pool from "./pool.ts";
 import * as optim from "./optim.ts";
@@ -58,19 +59,72 @@ import * as rows from "./rows.ts";
 /** Host memory handed out by the CPU backend. */
 export class CpuBuffer implements DataBuffer {
   readonly device = "cpu";
-  constructor(readonly data: Float32Array) {}
+  /**
+   * The oneDNN layout the data is in, or null for plain NCHW (or a flat
+   * run of elements); see layout.ts.
+   */
+  layout: BlockedLayout | null = null;
+  readonly #data: Float32Array;
+
+  constructor(data: Float32Array) {
+    this.#data = data;
+  }
+
+  /** The data in plain layout: a blocked buffer is rewritten first. */
+  get data(): Float32Array {
+    const layout = this.layout;
+    if (layout !== null) {
+      this.layout = null;
+      layout.toPlain(this.#data);
+    }
+    return this.#data;
+  }
+
+  /** The data in the layout `layout` names, for the ops that know it. */
+  get raw(): Float32Array {
+    return this.#data;
+  }
+
   get length(): number {
-    return this.data.length;
+    return this.#data.length;
   }
 }
 
-function host(b: DataBuffer): Float32Array {
+function cpu(b: DataBuffer): CpuBuffer {
   if (!(b instanceof CpuBuffer)) {
     throw new TypeError(
       `the CPU backend was given a buffer of device "${b.device}"`,
     );
   }
-  return b.data;
+  return b;
+}
+
+/** The buffer's data in plain layout. */
+function host(b: DataBuffer): Float32Array {
+  return cpu(b).data;
+}
+
+/**
+ * The data of a buffer an op overwrites whole, in the layout it is given
+ * (null: plain): what it held before is not converted.
+ */
+function output(b: DataBuffer, layout: BlockedLayout | null): Float32Array {
+  const c = cpu(b);
+  c.layout = layout;
+  return c.raw;
+}
+
+/**
+ * The shared layout of buffers an elementwise op reads, or null after
+ * making them all plain when they differ or any is plain.
+ */
+function commonLayout(...buffers: DataBuffer[]): BlockedLayout | null {
+  const first = cpu(buffers[0]).layout;
+  if (first !== null && buffers.every((b) => cpu(b).layout === first)) {
+    return first;
+  }
+  for (const b of buffers) host(b);
+  return null;
 }
 
 function hostOrNull(b: DataBuffer | null): Float32Array | null {
@@ -156,11 +210,12 @@ export class CpuBackend implements Backend {
   }
 
   free(buffer: DataBuffer): void {
-    this.#allocator.free(host(buffer));
+    this.#allocator.free(cpu(buffer).raw);
   }
 
   write(buffer: DataBuffer, data: Float32Array, offset = 0): void {
-    host(buffer).set(data, offset);
+    const whole = offset === 0 && data.length === buffer.length;
+    (whole ? output(buffer, null) : host(buffer)).set(data, offset);
   }
 
   read(buffer: DataBuffer, offset = 0, length?: number): Float32Array {
@@ -176,8 +231,9 @@ export class CpuBackend implements Backend {
   }
 
   fill({ y, value, offset = 0, count, stride = 1 }: FillArgs): void {
-    const data = host(y);
-    const n = count ?? Math.ceil((data.length - offset) / stride);
+    const n = count ?? Math.ceil((y.length - offset) / stride);
+    const whole = offset === 0 && stride === 1 && n === y.length;
+    const data = whole ? output(y, null) : host(y);
     if (stride === 1) {
       data.fill(value, offset, offset + n);
       return;
@@ -192,7 +248,7 @@ export class CpuBackend implements Backend {
     const m = this.#allocator.memory();
     return {
       allocated: m.allocated,
-      cached: m.cached + this.#scratch.bytes,
+      cached: m.cached + this.#scratch.bytes + (this.#layouts?.bytes ?? 0),
       peak: m.peak,
     };
   }
@@ -200,6 +256,7 @@ export class CpuBackend implements Backend {
   emptyCache(): void {
     this.#allocator.empty();
     this.#scratch.release();
+    this.#layouts?.release();
   }
 
   /** Drops the cached arrays no allocation used since the last call. */
@@ -240,7 +297,13 @@ export class CpuBackend implements Backend {
     );
   }
 
+  /** In the operands' blocked layout when they share one (a gradient sum). */
   axpby({ n, alpha, x, beta, y }: AxpbyArgs): void {
+    const whole = n === x.length && n === y.length;
+    if (whole && commonLayout(x, y) !== null) {
+      ew.axpby(n, alpha, cpu(x).raw, beta, cpu(y).raw);
+      return;
+    }
     ew.axpby(n, alpha, host(x), beta, host(y));
   }
 
@@ -252,35 +315,57 @@ export class CpuBackend implements Backend {
     }
   }
 
+  // oneDNN's convolutions read blocked inputs and write blocked outputs
+  // (layout.ts); im2col's see and write plain ones. With MEC_CONV=auto both
+  // may run on one call: the last one leaves the output's layout.
   conv2dForward({ x, w, y, desc: d }: ConvForwardArgs): void {
-    const [xs, ws, ys] = [host(x), host(w), host(y)];
     this.#convolve(
       "forward",
       d,
-      () => conv.conv2dForward(this.blas, this.#scratchFn, xs, ws, ys, d),
-      (dc) => dc.forward(xs, ws, ys, d),
+      () =>
+        conv.conv2dForward(
+          this.blas,
+          this.#scratchFn,
+          host(x),
+          host(w),
+          output(y, null),
+          d,
+        ),
+      (dc) => dc.forward(cpu(x), cpu(w), cpu(y), d),
     );
   }
 
   conv2dBackwardData({ dy, w, dx, desc: d }: ConvBackwardDataArgs): void {
-    const [dys, ws, dxs] = [host(dy), host(w), host(dx)];
     this.#convolve(
       "backwardData",
       d,
       () =>
-        conv.conv2dBackwardData(this.blas, this.#scratchFn, dys, ws, dxs, d),
-      (dc) => dc.backwardData(dys, ws, dxs, d),
+        conv.conv2dBackwardData(
+          this.blas,
+          this.#scratchFn,
+          host(dy),
+          host(w),
+          output(dx, null),
+          d,
+        ),
+      (dc) => dc.backwardData(cpu(dy), cpu(w), cpu(dx), d),
     );
   }
 
   conv2dBackwardFilter({ x, dy, dw, desc: d }: ConvBackwardFilterArgs): void {
-    const [xs, dys, dws] = [host(x), host(dy), host(dw)];
     this.#convolve(
       "backwardFilter",
       d,
       () =>
-        conv.conv2dBackwardFilter(this.blas, this.#scratchFn, xs, dys, dws, d),
-      (dc) => dc.backwardFilter(xs, dys, dws, d),
+        conv.conv2dBackwardFilter(
+          this.blas,
+          this.#scratchFn,
+          host(x),
+          host(dy),
+          output(dw, null),
+          d,
+        ),
+      (dc) => dc.backwardFilter(cpu(x), cpu(dy), cpu(dw), d),
     );
   }
 
@@ -308,6 +393,13 @@ export class CpuBackend implements Backend {
     return this.#ops;
   }
 
+  /** The blocked layouts of this backend's buffers, once oneDNN is loaded. */
+  #layouts: Layouts | null = null;
+
+  #layoutsOf(lib: Dnnl): Layouts {
+    return this.#layouts ??= new Layouts(lib);
+  }
+
   /** oneDNN's convolutions unless disabled or not installed. */
   #dnnlConvolutions(): DnnlConvolutions | null {
     if (this.#dnnl === undefined) {
@@ -317,7 +409,8 @@ export class CpuBackend implements Backend {
         : mode === "dnnl"
         ? dnnl()
         : tryDnnl();
-      this.#dnnl = lib && new DnnlConvolutions(lib, this.#scratchFn);
+      this.#dnnl = lib &&
+        new DnnlConvolutions(lib, this.#scratchFn, this.#layoutsOf(lib));
     }
     return this.#dnnl;
   }
@@ -373,13 +466,14 @@ export class CpuBackend implements Backend {
     if (faster === "dnnl") onednn(dc);
   }
 
+  // On oneDNN, batch norm keeps a blocked input's layout (layout.ts).
   batchNormForwardTraining(a: BatchNormForwardTrainingArgs): void {
     const ops = this.#dnnlOps();
-    (ops
-      ? ops.batchNormForwardTraining.bind(ops)
-      : bn.batchNormForwardTraining)(
-        host(a.x),
-        host(a.y),
+    if (ops) {
+      const layout = cpu(a.x).layout;
+      ops.batchNormForwardTraining(
+        cpu(a.x).raw,
+        output(a.y, layout),
         hostOrNull(a.scale),
         hostOrNull(a.bias),
         hostOrNull(a.runningMean),
@@ -387,22 +481,48 @@ export class CpuBackend implements Backend {
         host(a.saveMean),
         host(a.saveInvStd),
         a.desc,
+        layout,
       );
+      return;
+    }
+    bn.batchNormForwardTraining(
+      host(a.x),
+      output(a.y, null),
+      hostOrNull(a.scale),
+      hostOrNull(a.bias),
+      hostOrNull(a.runningMean),
+      hostOrNull(a.runningVar),
+      host(a.saveMean),
+      host(a.saveInvStd),
+      a.desc,
+    );
   }
 
   batchNormForwardInference(a: BatchNormForwardInferenceArgs): void {
     const ops = this.#dnnlOps();
-    (ops
-      ? ops.batchNormForwardInference.bind(ops)
-      : bn.batchNormForwardInference)(
-        host(a.x),
-        host(a.y),
+    if (ops) {
+      const layout = cpu(a.x).layout;
+      ops.batchNormForwardInference(
+        cpu(a.x).raw,
+        output(a.y, layout),
         hostOrNull(a.scale),
         hostOrNull(a.bias),
         host(a.estimatedMean),
         host(a.estimatedVariance),
         a.desc,
+        layout,
       );
+      return;
+    }
+    bn.batchNormForwardInference(
+      host(a.x),
+      output(a.y, null),
+      hostOrNull(a.scale),
+      hostOrNull(a.bias),
+      host(a.estimatedMean),
+      host(a.estimatedVariance),
+      a.desc,
+    );
   }
 
   batchNormBackward(a: BatchNormBackwardArgs): void {
@@ -410,10 +530,11 @@ export class CpuBackend implements Backend {
     if (ops) {
       // oneDNN needs to know whether the forward had a shift: it did when a
       // gradient of it is asked for; without one, none is computed.
+      const layout = commonLayout(a.x, a.dy);
       ops.batchNormBackward(
-        host(a.x),
-        host(a.dy),
-        host(a.dx),
+        cpu(a.x).raw,
+        cpu(a.dy).raw,
+        output(a.dx, layout),
         hostOrNull(a.scale),
         a.dBias !== null,
         hostOrNull(a.dScale),
@@ -421,13 +542,14 @@ export class CpuBackend implements Backend {
         host(a.saveMean),
         host(a.saveInvStd),
         a.desc,
+        layout,
       );
       return;
     }
     bn.batchNormBackward(
       host(a.x),
       host(a.dy),
-      host(a.dx),
+      output(a.dx, null),
       hostOrNull(a.scale),
       hostOrNull(a.dScale),
       hostOrNull(a.dBias),
@@ -437,12 +559,25 @@ export class CpuBackend implements Backend {
     );
   }
 
-  /** On the TypeScript kernel always: it keeps NaN, as PyTorch's does. */
+  /**
+   * On the TypeScript kernel always: it keeps NaN, as PyTorch's does. In
+   * the input's layout, whatever it is: the op is elementwise.
+   */
   reluForward({ x, y, length }: ActivationForwardArgs): void {
+    if (length === x.length && length === y.length) {
+      const layout = cpu(x).layout;
+      ew.reluForward(cpu(x).raw, output(y, layout), length);
+      return;
+    }
     ew.reluForward(host(x), host(y), length);
   }
 
   reluBackward({ y, dy, dx, length }: ActivationBackwardArgs): void {
+    if (length === y.length && length === dy.length && length === dx.length) {
+      const layout = commonLayout(y, dy);
+      ew.reluBackward(cpu(y).raw, cpu(dy).raw, output(dx, layout), length);
+      return;
+    }
     ew.reluBackward(host(y), host(dy), host(dx), length);
   }
 
@@ -461,7 +596,14 @@ export class CpuBackend implements Backend {
       a.beta === 0 && a.bShape.every((d, i) => d === a.shape[i])
     ) {
       const [p, q, r] = a.shape;
-      ops.add(host(a.a), host(a.b), host(a.c), p * q * r);
+      const n = p * q * r;
+      if (n === a.a.length && n === a.b.length && n === a.c.length) {
+        // Elementwise: in the operands' layout when they share one.
+        const layout = commonLayout(a.a, a.b);
+        ops.add(cpu(a.a).raw, cpu(a.b).raw, output(a.c, layout), n);
+        return;
+      }
+      ops.add(host(a.a), host(a.b), host(a.c), n);
       return;
     }
     ew.opTensor(

@@ -477,6 +477,16 @@ export class Dnnl {
   }
 }
 
+/** Encodes (argument id, memory handle) pairs as `dnnl_exec_arg_t[]`. */
+export function execArgs(pairs: [number, Handle][]): BigUint64Array {
+  const a = new BigUint64Array(2 * pairs.length);
+  pairs.forEach(([id, memory], i) => {
+    a[2 * i] = BigInt(id);
+    a[2 * i + 1] = BigInt(Deno.UnsafePointer.value(memory));
+  });
+  return a;
+}
+
 const DEFAULT_NAME = "libdnnl.so.2";
 
 let loaded: Dnnl | null | undefined;

@@ -3,21 +3,28 @@
  * backward-weights primitives, built once and cached.
  *
  * oneDNN's fast kernels work on blocked layouts of its own choosing (format
- * "any"), so each operand whose chosen layout differs from our plain NCHW /
- * OIHW one is reordered into a blocked copy before the primitive and, for
- * outputs, back afterwards. The blocked copies and every primitive's
- * scratchpad live in one workspace array from the backend's scratch memory;
- * memory objects are created once per shape and only their data pointers are
- * set on each call, so a call allocates nothing.
+ * "any"). An input already in the chosen layout (the output of an earlier
+ * convolution, through batch norm and ReLU: layout.ts) is read as it is;
+ * any other whose layout differs from the chosen one is reordered into a
+ * blocked copy first. The activations a convolution writes (the forward's
+ * output, the backward's gradient of the input) stay in the chosen layout
+ * and the buffer is tagged with it; the weights' gradient is reordered
+ * back to OIHW. The blocked copies and every primitive's scratchpad live in
+ * one workspace array from the backend's scratch memory; memory objects are
+ * created once per shape and only their data pointers are set on each
+ * call, so a call allocates nothing.
  *
  * @module
  */
 
 import type { ConvDesc } from "../nn/backend.ts";
+import type { CpuBuffer } from "./backend.ts";
 import type { Scratch } from "./conv.ts";
+import type { BlockedLayout, Layouts } from "./layout.ts";
 import {
   ARG,
   type Dnnl,
+  execArgs,
   FORMAT_ANY,
   type Handle,
   PLAIN_4D,
@@ -43,6 +50,10 @@ interface Operand {
   reorder: Handle | null;
   reorderArgs: BigUint64Array;
   input: boolean;
+  /** The chosen layout, or null where it is the plain one. */
+  layout: BlockedLayout | null;
+  /** An output left in the chosen layout (an activation, not weights). */
+  keepsLayout: boolean;
 }
 
 /** An op on one shape, ready to run. */
@@ -70,16 +81,6 @@ interface Shape {
   plans: Partial<Record<ConvOp, Plan>>;
 }
 
-/** Encodes (argument id, memory handle) pairs as `dnnl_exec_arg_t[]`. */
-function execArgs(pairs: [number, Handle][]): BigUint64Array {
-  const a = new BigUint64Array(2 * pairs.length);
-  pairs.forEach(([id, memory], i) => {
-    a[2 * i] = BigInt(id);
-    a[2 * i + 1] = BigInt(Deno.UnsafePointer.value(memory));
-  });
-  return a;
-}
-
 /** A string naming a convolution shape (the output size follows). */
 export function convKey(d: ConvDesc): string {
   return `${d.n},${d.c},${d.h},${d.w},${d.k},${d.r},${d.s},` +
@@ -92,33 +93,28 @@ const roundUp = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
 export class DnnlConvolutions {
   readonly #dnnl: Dnnl;
   readonly #scratch: Scratch;
+  readonly #layouts: Layouts;
   readonly #shapes = new Map<string, Shape>();
 
-  /** `scratch` supplies the workspace (reordered operands, scratchpads). */
-  constructor(dnnl: Dnnl, scratch: Scratch) {
+  /**
+   * `scratch` supplies the workspace (reordered operands, scratchpads);
+   * `layouts` names the blocked layouts outputs are left in.
+   */
+  constructor(dnnl: Dnnl, scratch: Scratch, layouts: Layouts) {
     this.#dnnl = dnnl;
     this.#scratch = scratch;
+    this.#layouts = layouts;
   }
 
-  forward(x: Float32Array, w: Float32Array, y: Float32Array, d: ConvDesc) {
+  forward(x: CpuBuffer, w: CpuBuffer, y: CpuBuffer, d: ConvDesc): void {
     this.#run(this.#plan("forward", d), [x, w, y]);
   }
 
-  backwardData(
-    dy: Float32Array,
-    w: Float32Array,
-    dx: Float32Array,
-    d: ConvDesc,
-  ): void {
+  backwardData(dy: CpuBuffer, w: CpuBuffer, dx: CpuBuffer, d: ConvDesc) {
     this.#run(this.#plan("backwardData", d), [dy, w, dx]);
   }
 
-  backwardFilter(
-    x: Float32Array,
-    dy: Float32Array,
-    dw: Float32Array,
-    d: ConvDesc,
-  ): void {
+  backwardFilter(x: CpuBuffer, dy: CpuBuffer, dw: CpuBuffer, d: ConvDesc) {
     this.#run(this.#plan("backwardFilter", d), [x, dy, dw]);
   }
 
@@ -175,13 +171,17 @@ export class DnnlConvolutions {
     if (have !== undefined) return have;
     const dn = this.#dnnl;
     let pd: Handle;
-    let operands: [number, number, Uint8Array, boolean][];
+    const xDims = [d.n, d.c, d.h, d.w];
+    const yDims = [d.n, d.k, d.oh, d.ow];
+    const wDims = [d.k, d.c, d.r, d.s];
+    // Argument, query, plain descriptor, dims, input?, activation?
+    let operands: [number, number, Uint8Array, number[], boolean, boolean][];
     if (op === "forward") {
       pd = shape.forwardPd;
       operands = [
-        [ARG.src, QUERY.srcMd, shape.x, true],
-        [ARG.weights, QUERY.weightsMd, shape.w, true],
-        [ARG.dst, QUERY.dstMd, shape.y, false],
+        [ARG.src, QUERY.srcMd, shape.x, xDims, true, true],
+        [ARG.weights, QUERY.weightsMd, shape.w, wDims, true, false],
+        [ARG.dst, QUERY.dstMd, shape.y, yDims, false, true],
       ];
     } else {
       const backwardData = op === "backwardData";
@@ -204,14 +204,14 @@ export class DnnlConvolutions {
       );
       operands = backwardData
         ? [
-          [ARG.diffDst, QUERY.diffDstMd, shape.y, true],
-          [ARG.weights, QUERY.weightsMd, shape.w, true],
-          [ARG.diffSrc, QUERY.diffSrcMd, shape.x, false],
+          [ARG.diffDst, QUERY.diffDstMd, shape.y, yDims, true, true],
+          [ARG.weights, QUERY.weightsMd, shape.w, wDims, true, false],
+          [ARG.diffSrc, QUERY.diffSrcMd, shape.x, xDims, false, true],
         ]
         : [
-          [ARG.src, QUERY.srcMd, shape.x, true],
-          [ARG.diffDst, QUERY.diffDstMd, shape.y, true],
-          [ARG.diffWeights, QUERY.diffWeightsMd, shape.w, false],
+          [ARG.src, QUERY.srcMd, shape.x, xDims, true, true],
+          [ARG.diffDst, QUERY.diffDstMd, shape.y, yDims, true, true],
+          [ARG.diffWeights, QUERY.diffWeightsMd, shape.w, wDims, false, false],
         ];
     }
 
@@ -232,7 +232,9 @@ export class DnnlConvolutions {
     };
 
     const mainPairs: [number, Handle][] = [];
-    const planned: Operand[] = operands.map(([arg, query, plain, input]) => {
+    const planned: Operand[] = operands.map((
+      [arg, query, plain, dims, input, activation],
+    ) => {
       const chosen = dn.queryMd(pd, query);
       const user = dn.memory(plain);
       if (dn.mdEqual(chosen, plain)) {
@@ -244,8 +246,15 @@ export class DnnlConvolutions {
           reorder: null,
           reorderArgs: new BigUint64Array(0),
           input,
+          layout: null,
+          keepsLayout: false,
         };
       }
+      const layout = this.#layouts.of(chosen, dims);
+      // A layout with padding (channels not a multiple of its block) would
+      // not fit in the tensor's buffer.
+      const keepsLayout = activation && !input &&
+        dn.mdBytes(chosen) === dn.mdBytes(plain);
       const inner = dn.memory(chosen);
       mainPairs.push([arg, inner]);
       const offset = workspace;
@@ -258,7 +267,16 @@ export class DnnlConvolutions {
         [ARG.src, input ? user : inner],
         [ARG.dst, input ? inner : user],
       ]);
-      return { user, inner, offset, reorder, reorderArgs, input };
+      return {
+        user,
+        inner,
+        offset,
+        reorder,
+        reorderArgs,
+        input,
+        layout,
+        keepsLayout,
+      };
     });
     const args = withScratchpad(pd, mainPairs);
     const plan: Plan = {
@@ -275,11 +293,21 @@ export class DnnlConvolutions {
   }
 
   /**
-   * Runs a plan on the caller's arrays (in operand order). The arrays and
+   * Runs a plan on the caller's buffers (in operand order). The buffers and
    * the workspace stay referenced here until every primitive has finished.
    */
-  #run(plan: Plan, arrays: Float32Array[]): void {
+  #run(plan: Plan, buffers: CpuBuffer[]): void {
     const dn = this.#dnnl;
+    // An operand used as it is: an input already in the chosen layout, an
+    // output left in it. Every other input is made plain first (before the
+    // workspace is taken: that may reorder), then reordered as planned.
+    const direct = plan.operands.map((o, i) => {
+      const b = buffers[i];
+      if (!o.input) return o.keepsLayout;
+      if (o.layout !== null && b.layout === o.layout) return true;
+      void b.data;
+      return false;
+    });
     const workspace = this.#scratch(plan.workspace);
     const base = Deno.UnsafePointer.of(workspace)!;
     const skew = Number(Deno.UnsafePointer.value(base)) % ALIGN;
@@ -287,19 +315,28 @@ export class DnnlConvolutions {
     const at = (offset: number) =>
       Deno.UnsafePointer.offset(base, start + offset);
     plan.operands.forEach((o, i) => {
-      dn.setData(o.user, Deno.UnsafePointer.of(arrays[i]));
-      if (o.inner !== null) dn.setData(o.inner, at(o.offset));
+      const data = Deno.UnsafePointer.of(buffers[i].raw);
+      dn.setData(o.user, data);
+      if (o.inner !== null) {
+        dn.setData(o.inner, direct[i] ? data : at(o.offset));
+      }
     });
     if (plan.scratchpads.length > 0) {
       const scratchpad = at(plan.scratchpadOffset);
       for (const m of plan.scratchpads) dn.setData(m, scratchpad);
     }
-    for (const o of plan.operands) {
-      if (o.input && o.reorder !== null) dn.execute(o.reorder, o.reorderArgs);
-    }
+    plan.operands.forEach((o, i) => {
+      if (o.input && o.reorder !== null && !direct[i]) {
+        dn.execute(o.reorder, o.reorderArgs);
+      }
+    });
     dn.execute(plan.primitive, plan.args);
-    for (const o of plan.operands) {
-      if (!o.input && o.reorder !== null) dn.execute(o.reorder, o.reorderArgs);
-    }
+    plan.operands.forEach((o, i) => {
+      if (o.input) return;
+      if (o.reorder !== null && !direct[i]) {
+        dn.execute(o.reorder, o.reorderArgs);
+      }
+      buffers[i].layout = direct[i] ? o.layout : null;
+    });
   }
 }

@@ -32,11 +32,13 @@
 
 import type { BatchNormDesc } from "../nn/backend.ts";
 import type { Scratch } from "./conv.ts";
+import type { BlockedLayout } from "./layout.ts";
 import {
   ALG,
   ARG,
   BNORM,
   type Dnnl,
+  execArgs,
   type Handle,
   plainTag,
   PROP,
@@ -56,16 +58,6 @@ interface Plan {
   implementation: string;
 }
 
-/** Encodes (argument id, memory handle) pairs as `dnnl_exec_arg_t[]`. */
-function execArgs(pairs: [number, Handle][]): BigUint64Array {
-  const a = new BigUint64Array(2 * pairs.length);
-  pairs.forEach(([id, memory], i) => {
-    a[2 * i] = BigInt(id);
-    a[2 * i + 1] = BigInt(Deno.UnsafePointer.value(memory));
-  });
-  return a;
-}
-
 /**
  * The data layout of a batch norm as NCHW [n, c, spatial, 1]: oneDNN's
  * optimised plain-layout kernel ("ncsp") takes 4-D and 5-D tensors only and
@@ -83,7 +75,8 @@ function bnFlags(scale: boolean, shift: boolean): number {
 export class DnnlOps {
   readonly #dnnl: Dnnl;
   readonly #scratch: Scratch;
-  readonly #plans = new Map<string, Plan>();
+  /** Per op and shape, per data layout (null: plain). */
+  readonly #plans = new Map<string, Map<BlockedLayout | null, Plan>>();
   /** Per-channel float32 temporaries (variances), grown as needed. */
   #channels = new Float32Array(0);
   #channels2 = new Float32Array(0);
@@ -95,7 +88,12 @@ export class DnnlOps {
 
   /** Each primitive built so far and oneDNN's implementation of it. */
   implementations(): [string, string][] {
-    return [...this.#plans].map(([key, p]) => [key, p.implementation]);
+    return [...this.#plans].flatMap(([key, byLayout]) =>
+      [...byLayout].map(([layout, p]): [string, string] => [
+        layout === null ? key : `${key} blocked`,
+        p.implementation,
+      ])
+    );
   }
 
   batchNormForwardTraining(
@@ -108,9 +106,16 @@ export class DnnlOps {
     saveMean: Float32Array,
     saveInvStd: Float32Array,
     d: BatchNormDesc,
+    layout: BlockedLayout | null = null,
   ): void {
     const variance = this.#channelTemp(d.c);
-    const plan = this.#bnForwardPlan(d, gamma !== null, beta !== null, false);
+    const plan = this.#bnForwardPlan(
+      d,
+      gamma !== null,
+      beta !== null,
+      false,
+      layout,
+    );
     const arrays = [x, y, saveMean, variance];
     if (gamma) arrays.push(gamma);
     if (beta) arrays.push(beta);
@@ -137,8 +142,15 @@ export class DnnlOps {
     mean: Float32Array,
     variance: Float32Array,
     d: BatchNormDesc,
+    layout: BlockedLayout | null = null,
   ): void {
-    const plan = this.#bnForwardPlan(d, gamma !== null, beta !== null, true);
+    const plan = this.#bnForwardPlan(
+      d,
+      gamma !== null,
+      beta !== null,
+      true,
+      layout,
+    );
     const arrays = [x, y, mean, variance];
     if (gamma) arrays.push(gamma);
     if (beta) arrays.push(beta);
@@ -156,6 +168,7 @@ export class DnnlOps {
     saveMean: Float32Array,
     saveInvStd: Float32Array,
     d: BatchNormDesc,
+    layout: BlockedLayout | null = null,
   ): void {
     const variance = this.#channelTemp(d.c);
     for (let ch = 0; ch < d.c; ch++) {
@@ -164,7 +177,7 @@ export class DnnlOps {
     }
     const scale = gamma !== null;
     const diffs = dGamma !== null || dBeta !== null;
-    const plan = this.#bnBackwardPlan(d, scale, beta, diffs);
+    const plan = this.#bnBackwardPlan(d, scale, beta, diffs, layout);
     const arrays = [x, dy, dx, saveMean, variance];
     if (gamma) arrays.push(gamma);
     if (diffs && beta) arrays.push(this.#channelTemp2(d.c));
@@ -195,14 +208,14 @@ export class DnnlOps {
     scale: boolean,
     shift: boolean,
     inference: boolean,
+    layout: BlockedLayout | null,
   ): Plan {
     const key = `bn ${inference ? "inference" : "training"} ${
       bnDims(d)
     } ${d.eps} ${scale} ${shift}`;
-    return this.#cached(key, () => {
+    return this.#cached(key, layout, () => {
       const dn = this.#dnnl;
-      const dims = bnDims(d);
-      const data = dn.memoryDesc(dims, plainTag(dims.length));
+      const data = this.#dataMd(d, layout);
       const stat = dn.memoryDesc([d.c], plainTag(1));
       const flags = bnFlags(scale, shift) |
         (inference ? BNORM.globalStats : 0);
@@ -230,12 +243,12 @@ export class DnnlOps {
     scale: boolean,
     shift: boolean,
     diffs: boolean,
+    layout: BlockedLayout | null,
   ): Plan {
     const key = `bn backward ${bnDims(d)} ${d.eps} ${scale} ${shift} ${diffs}`;
-    return this.#cached(key, () => {
+    return this.#cached(key, layout, () => {
       const dn = this.#dnnl;
-      const dims = bnDims(d);
-      const data = dn.memoryDesc(dims, plainTag(dims.length));
+      const data = this.#dataMd(d, layout);
       const stat = dn.memoryDesc([d.c], plainTag(1));
       // The shift changes no gradient but its own: it is declared only when
       // that gradient is computed (and oneDNN then reads it, unused).
@@ -269,7 +282,7 @@ export class DnnlOps {
   }
 
   #addPlan(length: number): Plan {
-    return this.#cached(`add ${length}`, () => {
+    return this.#cached(`add ${length}`, null, () => {
       const dn = this.#dnnl;
       const data = dn.memoryDesc([length], plainTag(1));
       const pd = dn.primitiveDesc(
@@ -285,11 +298,36 @@ export class DnnlOps {
     });
   }
 
-  #cached(key: string, build: () => Plan): Plan {
-    let plan = this.#plans.get(key);
+  /**
+   * A batch norm's data: NCHW, or the blocked layout its input is in (with
+   * the image's own height and width, where NCHW uses [n, c, h * w, 1]).
+   */
+  #dataMd(d: BatchNormDesc, layout: BlockedLayout | null): Uint8Array {
+    if (layout === null) return this.#dnnl.memoryDesc(bnDims(d), plainTag(4));
+    const [n, c, h, w] = layout.dims;
+    if (n !== d.n || c !== d.c || h * w !== d.spatial) {
+      throw new RangeError(
+        `batch norm of [${d.n}, ${d.c}, ${d.spatial}] on data laid out as [${layout.dims}]`,
+      );
+    }
+    return layout.md;
+  }
+
+  /** The plan under `key` (and the layout), built on first use. */
+  #cached(
+    key: string,
+    layout: BlockedLayout | null,
+    build: () => Plan,
+  ): Plan {
+    let plans = this.#plans.get(key);
+    if (plans === undefined) {
+      plans = new Map();
+      this.#plans.set(key, plans);
+    }
+    let plan = plans.get(layout);
     if (plan === undefined) {
       plan = build();
-      this.#plans.set(key, plan);
+      plans.set(layout, plan);
     }
     return plan;
   }
