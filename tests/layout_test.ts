@@ -1,0 +1,205 @@
+import type { DataBuffer } from "../nn/backend.ts";
+import { CpuBackend, CpuBuffer } from "../cpu/backend.ts";
+import type { BlockedLayout } from "../cpu/layout.ts";
+import { tryDnnl } from "../cpu/dnnl.ts";
+import { Generator } from "../mod.ts";
+import { assert } from "./assert.ts";
+import { assertClose, randomValues } from "./check.ts";
+import { convShape } from "./conv_desc.ts";
+
+const lib = tryDnnl();
+const skipped = lib === null
+  ? " (skipped: oneDNN, libdnnl.so.2, is not installed)"
+  : "";
+const gen = new Generator(3);
+
+/** A residual block's ops on one backend; `plain` reads back every result. */
+function block(be: CpuBackend, plain: boolean) {
+  const d1 = convShape(2, 16, [9, 9], 32, [3, 3], [1, 1], [1, 1]);
+  const d2 = convShape(2, 32, [9, 9], 32, [1, 1], [1, 1], [0, 0]);
+  const size = 2 * 32 * 81;
+  const g = new Generator(7);
+  const buffer = (length: number, low = -1, high = 1) => {
+    const b = be.alloc(length);
+    be.write(b, Float32Array.from(randomValues(g, length, low, high)));
+    return b;
+  };
+  // The backend's own round trip: read (plain) and write it back.
+  const seen: DataBuffer[] = [];
+  const layouts: (BlockedLayout | null)[] = [];
+  const done = (b: DataBuffer) => {
+    if (plain) be.write(b, be.read(b));
+    seen.push(b);
+    layouts.push((b as CpuBuffer).layout);
+    return b;
+  };
+  const x = buffer(2 * 16 * 81);
+  const [w1, w2] = [buffer(32 * 16 * 9), buffer(32 * 32)];
+  const [gamma, beta] = [buffer(32, 0.5, 1.5), buffer(32)];
+  const [mean, invStd] = [be.alloc(32), be.alloc(32)];
+  const bn = { n: 2, c: 32, spatial: 81, eps: 1e-5, momentum: 0.1 };
+
+  const y1 = be.alloc(size);
+  be.conv2dForward({ x, w: w1, y: y1, desc: d1 });
+  done(y1);
+  const z = be.alloc(size);
+  be.batchNormForwardTraining({
+    x: y1,
+    y: z,
+    scale: gamma,
+    bias: beta,
+    runningMean: null,
+    runningVar: null,
+    saveMean: mean,
+    saveInvStd: invStd,
+    desc: bn,
+  });
+  done(z);
+  be.reluForward({ x: z, y: z, length: size });
+  done(z);
+  const y2 = be.alloc(size);
+  be.conv2dForward({ x: z, w: w2, y: y2, desc: d2 });
+  done(y2);
+  const shape = [1, 1, size] as const;
+  be.opTensor({
+    op: "add",
+    alpha1: 1,
+    a: y2,
+    alpha2: 1,
+    b: z,
+    bShape: shape,
+    beta: 0,
+    c: y2,
+    shape,
+  });
+  be.reluForward({ x: y2, y: y2, length: size });
+  done(y2);
+  // Backward, from a gradient of y2 that is plain (as from a loss).
+  const dy = buffer(size);
+  const ds = be.alloc(size);
+  be.reluBackward({ y: y2, dy, dx: ds, length: size });
+  done(ds);
+  const dz = be.alloc(size);
+  be.conv2dBackwardData({ dy: ds, w: w2, dx: dz, desc: d2 });
+  done(dz);
+  be.axpby({ n: size, alpha: 1, x: ds, beta: 1, y: dz });
+  done(dz);
+  be.reluBackward({ y: z, dy: dz, dx: dz, length: size });
+  done(dz);
+  const dy1 = be.alloc(size);
+  const [dGamma, dBeta] = [be.alloc(32), be.alloc(32)];
+  be.batchNormBackward({
+    x: y1,
+    dy: dz,
+    dx: dy1,
+    scale: gamma,
+    dScale: dGamma,
+    dBias: dBeta,
+    saveMean: mean,
+    saveInvStd: invStd,
+    desc: bn,
+  });
+  [dy1, dGamma, dBeta].forEach(done);
+  const dx = be.alloc(2 * 16 * 81);
+  be.conv2dBackwardData({ dy: dy1, w: w1, dx, desc: d1 });
+  done(dx);
+  const dw1 = be.alloc(32 * 16 * 9);
+  be.conv2dBackwardFilter({ x, dy: dy1, dw: dw1, desc: d1 });
+  done(dw1);
+  const dw2 = be.alloc(32 * 32);
+  be.conv2dBackwardFilter({ x: z, dy: ds, dw: dw2, desc: d2 });
+  done(dw2);
+  return { seen, layouts };
+}
+
+Deno.test(
+  `a residual block's ops in oneDNN's blocked layout give the plain layout's results${skipped}`,
+  {
+    ignore: lib === null,
+  },
+  () => {
+    const be = new CpuBackend();
+    const { seen: blocked, layouts } = block(be, false);
+    // The path under test is taken: the convolutions' outputs (0, 3, 6,
+    // 12), the batch norm's (1), the ReLU's (2) and the sum's (4) were
+    // left blocked. The plain gradient from outside makes the ReLU's
+    // backward (5) plain, and what meets it (7, 8, 9); the weights'
+    // gradients (13, 14) are always plain.
+    for (const i of [0, 1, 2, 3, 4, 6, 12]) {
+      assert.ok(layouts[i] !== null, `result ${i} blocked`);
+    }
+    for (const i of [5, 7, 8, 9, 13, 14]) {
+      assert.equal(layouts[i], null, `result ${i} plain`);
+    }
+    const reference = block(be, true).seen;
+    for (const [i, b] of blocked.entries()) {
+      // Batch norm's blocked kernel sums in another order: float32 rounding.
+      assertClose(be.read(b), be.read(reference[i]), `result ${i}`, {
+        rtol: 1e-4,
+        atol: 1e-5,
+      });
+      assert.equal((b as CpuBuffer).layout, null, "read leaves it plain");
+    }
+  },
+);
+
+Deno.test(
+  `a blocked buffer reads, writes in part and fills as plain NCHW${skipped}`,
+  {
+    ignore: lib === null,
+  },
+  () => {
+    const be = new CpuBackend();
+    const d = convShape(1, 16, [5, 5], 16, [1, 1], [1, 1], [0, 0]);
+    const x = be.alloc(400);
+    const w = be.alloc(256);
+    // The identity: y = x, so its plain reading is known.
+    const eye = new Float32Array(256);
+    for (let i = 0; i < 16; i++) eye[i * 17] = 1;
+    be.write(w, eye);
+    const values = Float32Array.from(randomValues(gen, 400));
+    be.write(x, values);
+    const run = () => {
+      const y = be.alloc(400);
+      be.conv2dForward({ x, w, y, desc: d });
+      assert.ok((y as CpuBuffer).layout !== null);
+      return y;
+    };
+    assert.deepEqual(be.read(run()), values);
+    // Element 30 is channel 1, row 1, column 0 in NCHW.
+    assert.deepEqual(be.read(run(), 30, 2), values.slice(30, 32));
+    const y = run();
+    be.write(y, Float32Array.of(7, 8), 30);
+    const want = values.slice();
+    want.set([7, 8], 30);
+    assert.deepEqual(be.read(y), want);
+    const z = run();
+    be.fill({ y: z, value: 0, offset: 25, count: 25 });
+    want.set(values);
+    want.fill(0, 25, 50);
+    assert.deepEqual(be.read(z), want);
+    const v = run();
+    be.fill({ y: v, value: 2 });
+    assert.equal((v as CpuBuffer).layout, null);
+    assert.deepEqual(be.read(v), new Float32Array(400).fill(2));
+    // A plain op (a channel broadcast) on a blocked buffer sees NCHW.
+    const u = run();
+    const perChannel = be.alloc(16);
+    be.write(perChannel, Float32Array.from({ length: 16 }, (_, c) => c));
+    be.opTensor({
+      op: "add",
+      alpha1: 1,
+      a: u,
+      alpha2: 1,
+      b: perChannel,
+      bShape: [1, 16, 1],
+      beta: 0,
+      c: u,
+      shape: [1, 16, 25],
+    });
+    assert.deepEqual(
+      be.read(u),
+      Float32Array.from(values, (v, i) => v + Math.floor(i / 25)),
+    );
+  },
+);
