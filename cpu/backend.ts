@@ -248,7 +248,8 @@ export class CpuBackend implements Backend {
     const m = this.#allocator.memory();
     return {
       allocated: m.allocated,
-      cached: m.cached + this.#scratch.bytes + (this.#layouts?.bytes ?? 0),
+      cached: m.cached + this.#scratch.bytes + (this.#layouts?.bytes ?? 0) +
+        (this.#ops?.bytes ?? 0),
       peak: m.peak,
     };
   }
@@ -257,6 +258,7 @@ export class CpuBackend implements Backend {
     this.#allocator.empty();
     this.#scratch.release();
     this.#layouts?.release();
+    this.#ops?.release();
   }
 
   /** Drops the cached arrays no allocation used since the last call. */
@@ -388,7 +390,8 @@ export class CpuBackend implements Backend {
   #dnnlOps(): DnnlOps | null {
     if (this.#ops === undefined) {
       const lib = kernelMode() === "ts" ? null : tryDnnl();
-      this.#ops = lib && new DnnlOps(lib, this.#scratchFn);
+      this.#ops = lib &&
+        new DnnlOps(lib, this.#scratchFn, this.#layoutsOf(lib));
     }
     return this.#ops;
   }
@@ -581,12 +584,54 @@ export class CpuBackend implements Backend {
     ew.reluBackward(host(y), host(dy), host(dx), length);
   }
 
+  /**
+   * On oneDNN, in x's layout, unless x holds a NaN or -Inf: oneDNN's max
+   * drops a NaN, where PyTorch's keeps it, and its windows start at the
+   * lowest finite float, above -Inf. The TypeScript kernel (PyTorch's
+   * semantics exactly) runs those; the scan costs a fifth of the pooling.
+   */
   maxPoolForward({ x, y, desc }: PoolForwardArgs): void {
-    pool.maxPoolForward(host(x), host(y), desc);
+    const ops = this.#dnnlOps();
+    if (ops && !ew.hasNaNOrNegInf(cpu(x).raw)) {
+      const layout = ops.maxPoolForward(
+        cpu(x).raw,
+        cpu(y).raw,
+        desc,
+        cpu(x).layout,
+      );
+      if (layout !== undefined) {
+        cpu(y).layout = layout;
+        return;
+      }
+    }
+    pool.maxPoolForward(host(x), output(y, null), desc);
   }
 
   maxPoolBackward({ x, y, dy, dx, desc }: PoolBackwardArgs): void {
-    pool.maxPoolBackward(host(x), host(y), host(dy), host(dx), desc);
+    const ops = this.#dnnlOps();
+    if (ops && !ew.hasNaNOrNegInf(cpu(x).raw)) {
+      const run = () =>
+        ops.maxPoolBackward(
+          cpu(x).raw,
+          cpu(dy).raw,
+          cpu(dx).raw,
+          desc,
+          cpu(x).layout,
+          cpu(dy).layout,
+        );
+      let layout = run();
+      if (layout === undefined) {
+        // dy's layout is not the forward's output's: both plain, then.
+        host(x);
+        host(dy);
+        layout = run();
+      }
+      if (layout !== undefined) {
+        cpu(dx).layout = layout;
+        return;
+      }
+    }
+    pool.maxPoolBackward(host(x), host(y), host(dy), output(dx, null), desc);
   }
 
   opTensor(a: OpTensorArgs): void {

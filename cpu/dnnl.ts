@@ -87,6 +87,33 @@ const symbols = {
     parameters: ["buffer", "i32", "buffer", "buffer", "buffer"],
     result: "i32",
   },
+  dnnl_pooling_forward_desc_init: {
+    parameters: [
+      "buffer",
+      "i32",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+  },
+  dnnl_pooling_backward_desc_init: {
+    parameters: [
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+    ],
+    result: "i32",
+  },
   dnnl_primitive_attr_create: { parameters: ["buffer"], result: "i32" },
   dnnl_primitive_attr_set_scratchpad_mode: {
     parameters: ["pointer", "i32"],
@@ -144,7 +171,7 @@ export const PROP = {
 /** Plain row-major order for 1 to 4 dimensions (dnnl_a .. dnnl_abcd). */
 export const plainTag = (ndims: number): number => ndims + 1;
 /** Algorithm kinds (dnnl_alg_kind_t). */
-export const ALG = { binaryAdd: 0x1fff0 } as const;
+export const ALG = { binaryAdd: 0x1fff0, poolingMax: 0x1ff } as const;
 /** Batch normalisation flags (dnnl_normalization_flags_t). */
 export const BNORM = {
   globalStats: 0x1,
@@ -404,6 +431,47 @@ export class Dnnl {
       this.#s.dnnl_binary_desc_init(desc, alg, src0, src1, dst),
       "dnnl_binary_desc_init",
     );
+    return desc;
+  }
+
+  /**
+   * A pooling operation descriptor over 2-D windows: forward (`prop`
+   * forward training or inference; mds src, dst) or, with `prop` backward,
+   * backward (mds diff_src, diff_dst).
+   */
+  poolingDesc(
+    prop: number,
+    alg: number,
+    [a, b]: [Uint8Array, Uint8Array],
+    strides: readonly number[],
+    kernel: readonly number[],
+    padL: readonly number[],
+    padR: readonly number[],
+  ): Uint8Array {
+    const desc = new Uint8Array(OP_DESC_BYTES);
+    const dims = (d: readonly number[]) => BigInt64Array.from(d, BigInt);
+    const [st, k, pl, pr] = [strides, kernel, padL, padR].map(dims);
+    if (prop === PROP.backward) {
+      this.check(
+        this.#s.dnnl_pooling_backward_desc_init(desc, alg, a, b, st, k, pl, pr),
+        "dnnl_pooling_backward_desc_init",
+      );
+    } else {
+      this.check(
+        this.#s.dnnl_pooling_forward_desc_init(
+          desc,
+          prop,
+          alg,
+          a,
+          b,
+          st,
+          k,
+          pl,
+          pr,
+        ),
+        "dnnl_pooling_forward_desc_init",
+      );
+    }
     return desc;
   }
 

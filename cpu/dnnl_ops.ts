@@ -30,15 +30,17 @@
  * @module
  */
 
-import type { BatchNormDesc } from "../nn/backend.ts";
+import type { BatchNormDesc, PoolDesc } from "../nn/backend.ts";
+import { Scratch as ScratchArray } from "./allocator.ts";
 import type { Scratch } from "./conv.ts";
-import type { BlockedLayout } from "./layout.ts";
+import type { BlockedLayout, Layouts } from "./layout.ts";
 import {
   ALG,
   ARG,
   BNORM,
   type Dnnl,
   execArgs,
+  FORMAT_ANY,
   type Handle,
   plainTag,
   PROP,
@@ -71,6 +73,18 @@ function bnFlags(scale: boolean, shift: boolean): number {
   return (scale ? BNORM.scale : 0) | (shift ? BNORM.shift : 0);
 }
 
+/** Max pooling on one shape and layout. */
+interface PoolPlan {
+  inference: Plan;
+  /** The forward that also writes the maxima's positions (workspace). */
+  training: Plan;
+  backward: Plan;
+  /** The output's layout (x's blocking, or null for NCHW). */
+  outputLayout: BlockedLayout | null;
+  /** The workspace's size in float32 elements. */
+  workspaceLength: number;
+}
+
 /** Cached oneDNN primitives for the memory-bound ops of one backend. */
 export class DnnlOps {
   readonly #dnnl: Dnnl;
@@ -81,9 +95,73 @@ export class DnnlOps {
   #channels = new Float32Array(0);
   #channels2 = new Float32Array(0);
 
-  constructor(dnnl: Dnnl, scratch: Scratch) {
+  /** Max pooling's backward: the forward's output and workspace, again. */
+  readonly #poolOutput = new ScratchArray();
+  readonly #poolWorkspace = new ScratchArray();
+  /** Max pooling plans (three primitives each), per shape and layout. */
+  readonly #pools = new Map<
+    string,
+    Map<BlockedLayout | null, PoolPlan | null>
+  >();
+  readonly #layouts: Layouts;
+
+  constructor(dnnl: Dnnl, scratch: Scratch, layouts: Layouts) {
     this.#dnnl = dnnl;
     this.#scratch = scratch;
+    this.#layouts = layouts;
+  }
+
+  /** Bytes held for max pooling's backward. */
+  get bytes(): number {
+    return this.#poolOutput.bytes + this.#poolWorkspace.bytes;
+  }
+
+  release(): void {
+    this.#poolOutput.release();
+    this.#poolWorkspace.release();
+  }
+
+  /**
+   * Max pooling's forward on x in `layout` (null: NCHW). Returns the
+   * layout y was written in, or undefined (y untouched) where oneDNN
+   * would leave the output in a layout that does not fit y. A window's
+   * first maximum in row-major order wins, as PyTorch's; NaN and -Inf
+   * are the caller's to keep away (oneDNN drops the one and starts its
+   * windows above the other).
+   */
+  maxPoolForward(
+    x: Float32Array,
+    y: Float32Array,
+    d: PoolDesc,
+    layout: BlockedLayout | null,
+  ): BlockedLayout | null | undefined {
+    const plan = this.#poolPlan(d, layout);
+    if (plan === null) return undefined;
+    this.#run(plan.inference, [x, y]);
+    return plan.outputLayout;
+  }
+
+  /**
+   * Max pooling's backward: dx from dy, x in `layout` and dy in
+   * `dyLayout`. The forward runs again for the positions of the maxima
+   * (oneDNN's workspace). Returns dx's layout (x's), or undefined (dx
+   * untouched) where the layouts do not go together.
+   */
+  maxPoolBackward(
+    x: Float32Array,
+    dy: Float32Array,
+    dx: Float32Array,
+    d: PoolDesc,
+    layout: BlockedLayout | null,
+    dyLayout: BlockedLayout | null,
+  ): BlockedLayout | null | undefined {
+    const plan = this.#poolPlan(d, layout);
+    if (plan === null || dyLayout !== plan.outputLayout) return undefined;
+    const y = this.#poolOutput.get(d.n * d.c * d.oh * d.ow);
+    const ws = this.#poolWorkspace.get(plan.workspaceLength);
+    this.#run(plan.training, [x, y, ws]);
+    this.#run(plan.backward, [dy, ws, dx]);
+    return layout;
   }
 
   /** Each primitive built so far and oneDNN's implementation of it. */
@@ -296,6 +374,77 @@ export class DnnlOps {
         [ARG.dst, data],
       ]);
     });
+  }
+
+  /**
+   * Max pooling's primitives on one shape with x in `layout`: null where
+   * oneDNN's output layout would not fit the output's buffer.
+   */
+  #poolPlan(d: PoolDesc, layout: BlockedLayout | null): PoolPlan | null {
+    const key = `${d.n},${d.c},${d.h},${d.w},${d.kh},${d.kw},` +
+      `${d.strideH},${d.strideW},${d.padH},${d.padW}`;
+    let byLayout = this.#pools.get(key);
+    if (byLayout === undefined) {
+      byLayout = new Map();
+      this.#pools.set(key, byLayout);
+    }
+    let plan = byLayout.get(layout);
+    if (plan === undefined) {
+      plan = this.#buildPool(d, layout);
+      byLayout.set(layout, plan);
+    }
+    return plan;
+  }
+
+  #buildPool(d: PoolDesc, layout: BlockedLayout | null): PoolPlan | null {
+    const dn = this.#dnnl;
+    const yDims = [d.n, d.c, d.oh, d.ow];
+    const src = layout?.md ?? dn.memoryDesc([d.n, d.c, d.h, d.w], plainTag(4));
+    const plainDst = dn.memoryDesc(yDims, plainTag(4));
+    // Blocked in, blocked out: oneDNN picks the output's blocking.
+    const dst = layout ? dn.memoryDesc(yDims, FORMAT_ANY) : plainDst;
+    const window = [
+      [d.strideH, d.strideW],
+      [d.kh, d.kw],
+      [d.padH, d.padW],
+      // oneDNN's right padding makes its output size exactly ours.
+      [
+        (d.oh - 1) * d.strideH + d.kh - d.h - d.padH,
+        (d.ow - 1) * d.strideW + d.kw - d.w - d.padW,
+      ],
+    ] as const;
+    const forward = (prop: number) =>
+      dn.primitiveDesc(
+        dn.poolingDesc(prop, ALG.poolingMax, [src, dst], ...window),
+        null,
+        "max pooling forward",
+      );
+    const inferencePd = forward(PROP.forwardInference);
+    const chosen = dn.queryMd(inferencePd, QUERY.dstMd);
+    if (dn.mdBytes(chosen) !== dn.mdBytes(plainDst)) return null;
+    const outputLayout = layout ? this.#layouts.of(chosen, yDims) : null;
+    const trainingPd = forward(PROP.forwardTraining);
+    const wsMd = dn.queryMd(trainingPd, QUERY.workspaceMd);
+    const backwardPd = dn.primitiveDesc(
+      dn.poolingDesc(PROP.backward, ALG.poolingMax, [src, chosen], ...window),
+      trainingPd,
+      "max pooling backward",
+    );
+    return {
+      inference: this.#plan(inferencePd, [[ARG.src, src], [ARG.dst, chosen]]),
+      training: this.#plan(trainingPd, [
+        [ARG.src, src],
+        [ARG.dst, chosen],
+        [ARG.workspace, wsMd],
+      ]),
+      backward: this.#plan(backwardPd, [
+        [ARG.diffDst, chosen],
+        [ARG.workspace, wsMd],
+        [ARG.diffSrc, src],
+      ]),
+      outputLayout,
+      workspaceLength: Math.ceil(dn.mdBytes(wsMd) / 4),
+    };
   }
 
   /**

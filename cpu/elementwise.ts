@@ -292,6 +292,16 @@ export function reluBackward(
   for (let i = 0; i < length; i++) dxb[i] = dyb[i] & (-yb[i] >> 31);
 }
 
+/** Whether any element is NaN or -Inf. */
+export function hasNaNOrNegInf(x: Float32Array): boolean {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i];
+    // NaN is not equal to itself; -Inf is the one value below -FLT_MAX.
+    if (!(v >= -3.4028234663852886e38)) return true;
+  }
+  return false;
+}
+
 /** The same memory seen as 32-bit integers. */
 export function bits(a: Float32Array): Int32Array {
   return new Int32Array(a.buffer, a.byteOffset, a.length);

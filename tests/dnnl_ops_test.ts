@@ -1,8 +1,10 @@
 import type { BatchNormDesc } from "../nn/backend.ts";
 import { Scratch } from "../cpu/allocator.ts";
 import * as bn from "../cpu/batchnorm.ts";
+import * as pool from "../cpu/pool.ts";
 import { tryDnnl } from "../cpu/dnnl.ts";
 import { DnnlOps } from "../cpu/dnnl_ops.ts";
+import { Layouts } from "../cpu/layout.ts";
 import { CpuBackend } from "../cpu/backend.ts";
 import { Generator } from "../mod.ts";
 import { runWith } from "./subprocess.ts";
@@ -36,7 +38,7 @@ function implementations(): BatchNormKernels[] {
   }];
   if (lib !== null) {
     const scratch = new Scratch();
-    const ops = new DnnlOps(lib, (n) => scratch.get(n));
+    const ops = new DnnlOps(lib, (n) => scratch.get(n), new Layouts(lib));
     list.push({
       name: "oneDNN",
       forward: ops.batchNormForwardTraining.bind(ops),
@@ -200,7 +202,7 @@ Deno.test(
   },
   () => {
     const scratch = new Scratch();
-    const ops = new DnnlOps(lib!, (n) => scratch.get(n));
+    const ops = new DnnlOps(lib!, (n) => scratch.get(n), new Layouts(lib!));
     for (const length of [1, 7, 8, 1000, 4099]) {
       const x = values(length, -1, 1);
       const b = values(length, -1, 1);
@@ -270,11 +272,13 @@ Deno.test(
     const ops = new URL("../cpu/dnnl_ops.ts", import.meta.url).href;
     const dnnl = new URL("../cpu/dnnl.ts", import.meta.url).href;
     const allocator = new URL("../cpu/allocator.ts", import.meta.url).href;
+    const layout = new URL("../cpu/layout.ts", import.meta.url).href;
     const code = `import { DnnlOps } from "${ops}";
     import { tryDnnl } from "${dnnl}";
     import { Scratch } from "${allocator}";
+    import { Layouts } from "${layout}";
     const scratch = new Scratch();
-    const ops = new DnnlOps(tryDnnl(), (n) => scratch.get(n));
+    const ops = new DnnlOps(tryDnnl(), (n) => scratch.get(n), new Layouts(tryDnnl()));
     let seed = 1;
     const rand = () => (seed = (seed * 16807) % 2147483647) / 2147483647;
     const same = [];
@@ -303,3 +307,77 @@ Deno.test(
     );
   },
 );
+
+Deno.test(
+  `oneDNN's max pooling equals the TypeScript kernel bit for bit, ties and all${skipped}`,
+  { ignore: lib === null },
+  () => {
+    const scratch = new Scratch();
+    const ops = new DnnlOps(lib!, (n) => scratch.get(n), new Layouts(lib!));
+    for (
+      const [h, k, stride, pad] of [[12, 3, 2, 1], [9, 3, 2, 1], [8, 2, 2, 0]]
+    ) {
+      const o = Math.floor((h + 2 * pad - k) / stride) + 1;
+      const d = {
+        n: 2,
+        c: 5,
+        h,
+        w: h,
+        kh: k,
+        kw: k,
+        strideH: stride,
+        strideW: stride,
+        padH: pad,
+        padW: pad,
+        oh: o,
+        ow: o,
+      };
+      // After a ReLU half the values are 0: windows full of ties.
+      const x = values(2 * 5 * h * h, -1, 1).map((v) => Math.max(v, 0));
+      const dy = values(2 * 5 * o * o, -1, 1);
+      const [y, yRef] = [0, 1].map(() => new Float32Array(dy.length));
+      assert.equal(ops.maxPoolForward(x, y, d, null), null);
+      pool.maxPoolForward(x, yRef, d);
+      assert.deepEqual(y, yRef);
+      const [dx, dxRef] = [0, 1].map(() => new Float32Array(x.length));
+      assert.equal(ops.maxPoolBackward(x, dy, dx, d, null, null), null);
+      pool.maxPoolBackward(x, yRef, dy, dxRef, d);
+      // Each gradient goes to the same element; where windows overlap,
+      // two are summed in either order.
+      assert.deepEqual(dx.map((v) => +(v !== 0)), dxRef.map((v) => +(v !== 0)));
+      assertClose(dx, dxRef, "dx", { rtol: 1e-6, atol: 1e-7 });
+    }
+  },
+);
+
+Deno.test("max pooling keeps NaN and -Inf as PyTorch does, on oneDNN's machines too", () => {
+  const be = new CpuBackend();
+  const d = {
+    n: 1,
+    c: 1,
+    h: 2,
+    w: 4,
+    kh: 2,
+    kw: 2,
+    strideH: 2,
+    strideW: 2,
+    padH: 0,
+    padW: 0,
+    oh: 1,
+    ow: 2,
+  };
+  const x = be.alloc(8);
+  // A NaN after the window's maximum; a window of -Inf alone.
+  be.write(
+    x,
+    Float32Array.of(5, NaN, -Infinity, -Infinity, 1, 2, -Infinity, -Infinity),
+  );
+  const y = be.alloc(2);
+  be.maxPoolForward({ x, y, desc: d });
+  assert.deepEqual([...be.read(y)], [NaN, -Infinity]);
+  const dy = be.alloc(2);
+  be.write(dy, Float32Array.of(1, 2));
+  const dx = be.alloc(8);
+  be.maxPoolBackward({ x, y, dy, dx, desc: d });
+  assert.deepEqual([...be.read(dx)], [0, 1, 2, 0, 0, 0, 0, 0]);
+});

@@ -57,6 +57,32 @@ function block(be: CpuBackend, plain: boolean) {
   done(z);
   be.reluForward({ x: z, y: z, length: size });
   done(z);
+  // The stem's max pooling, on z, with a blocked gradient from a 1x1
+  // convolution of its output.
+  const pd = {
+    n: 2,
+    c: 32,
+    h: 9,
+    w: 9,
+    kh: 3,
+    kw: 3,
+    strideH: 2,
+    strideW: 2,
+    padH: 1,
+    padW: 1,
+    oh: 5,
+    ow: 5,
+  };
+  const pooled = be.alloc(2 * 32 * 25);
+  be.maxPoolForward({ x: z, y: pooled, desc: pd });
+  done(pooled);
+  const q = be.alloc(2 * 32 * 25);
+  const d3 = convShape(2, 32, [5, 5], 32, [1, 1], [1, 1], [0, 0]);
+  be.conv2dForward({ x: pooled, w: w2, y: q, desc: d3 });
+  done(q);
+  const dz2 = be.alloc(size);
+  be.maxPoolBackward({ x: z, y: pooled, dy: q, dx: dz2, desc: pd });
+  done(dz2);
   const y2 = be.alloc(size);
   be.conv2dForward({ x: z, w: w2, y: y2, desc: d2 });
   done(y2);
@@ -120,15 +146,16 @@ Deno.test(
   () => {
     const be = new CpuBackend();
     const { seen: blocked, layouts } = block(be, false);
-    // The path under test is taken: the convolutions' outputs (0, 3, 6,
-    // 12), the batch norm's (1), the ReLU's (2) and the sum's (4) were
-    // left blocked. The plain gradient from outside makes the ReLU's
-    // backward (5) plain, and what meets it (7, 8, 9); the weights'
-    // gradients (13, 14) are always plain.
-    for (const i of [0, 1, 2, 3, 4, 6, 12]) {
+    // The path under test is taken: the convolutions' outputs (0, 4, 6,
+    // 9, 15), the batch norm's (1), the ReLU's (2), the max pooling's,
+    // forward and backward (3, 5), and the sum's (7) were left blocked.
+    // The plain gradient from outside makes the ReLU's backward (8)
+    // plain, and what meets it (10, 11, 12); the weights' gradients (16,
+    // 17) are always plain.
+    for (const i of [0, 1, 2, 3, 4, 5, 6, 7, 9, 15]) {
       assert.ok(layouts[i] !== null, `result ${i} blocked`);
     }
-    for (const i of [5, 7, 8, 9, 13, 14]) {
+    for (const i of [8, 10, 11, 12, 16, 17]) {
       assert.equal(layouts[i], null, `result ${i} plain`);
     }
     const reference = block(be, true).seen;
