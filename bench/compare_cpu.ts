@@ -7,6 +7,11 @@
  * resident memory).
  *
  *     deno run -A bench/compare_cpu.ts [--rounds 2] [--threads 2] [--batch 16]
+ *         [--size 224] [--demo]
+ *
+ * `--demo`: the demo's network (a ResNet-18 of width 16 with the small
+ * stem) instead of ResNet-50; `--demo --batch 256 --size 28` is the
+ * demo's step at the paper's batch.
  *
  * PyTorch is `/usr/bin/python3` (Debian's python3-torch) unless
  * `MEC_TORCH_PYTHON` names another interpreter.
@@ -22,6 +27,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "2" },
     batch: { type: "string", default: "16" },
     size: { type: "string", default: "224" },
+    demo: { type: "boolean", default: false },
   },
 });
 const here = new URL(".", import.meta.url).pathname;
@@ -50,7 +56,13 @@ async function run(cmd: string, args: string[], env: Record<string, string>) {
 
 const ours: Run[] = [];
 const theirs: Run[] = [];
-const sizeArgs = ["--batch", values.batch, "--size", values.size];
+const sizeArgs = [
+  "--batch",
+  values.batch,
+  "--size",
+  values.size,
+  ...(values.demo ? ["--demo"] : []),
+];
 for (let r = 0; r < Number(values.rounds); r++) {
   ours.push(
     await run(Deno.execPath(), ["run", "-A", "mec_step.ts", ...sizeArgs], {

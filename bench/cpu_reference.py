@@ -3,6 +3,12 @@ prints: the same model, loss, SGD and EMA as bench/gpu_reference.py, on the
 CPU with oneDNN (Debian's python3-torch), at the thread count given.
 
     /usr/bin/python3 bench/cpu_reference.py --batch 16 --size 224 --threads 2
+    /usr/bin/python3 bench/cpu_reference.py --demo --batch 256 --size 28
+
+`--demo` is the demo's network instead of ResNet-50: a ResNet-18 of base
+width 16 with the small-image stem (3x3 stride-1 conv, no max-pool), MEC's
+projector to 512 and a predictor through 128, as the official code builds
+them for that encoder.
 
 One case per process, so that the peak resident memory is that case's
 alone. Prints one JSON line: name, pairsPerSecond, seconds (wall, best
@@ -15,9 +21,68 @@ import json
 import resource
 import time
 
+import copy
+
 import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from gpu_reference import MecModel, mec_loss
+
+
+class SmallResNet18(nn.Module):
+    """torchvision's ResNet-18 at base width `width`, with the small stem."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        layers, inplanes = [], width
+        for stage in range(4):
+            planes = width * 2**stage
+            stride = 1 if stage == 0 else 2
+            down = None
+            if stride != 1 or inplanes != planes:
+                down = nn.Sequential(
+                    nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                    nn.BatchNorm2d(planes),
+                )
+            layers.append(nn.Sequential(
+                BasicBlock(inplanes, planes, stride, down), BasicBlock(planes, planes)
+            ))
+            inplanes = planes
+        self.layers = nn.Sequential(*layers)
+        self.features = inplanes
+        self.fc = nn.Identity()
+
+    def forward(self, x):
+        x = self.layers(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class DemoModel(nn.Module):
+    """The demo's MEC model, built as MecModel builds ResNet-50's."""
+
+    def __init__(self, width=16, dim=512, pred_dim=128):
+        super().__init__()
+        enc = SmallResNet18(width)
+        f = enc.features
+        enc.fc = nn.Sequential(
+            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f), nn.ReLU(inplace=True),
+            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f), nn.ReLU(inplace=True),
+            nn.Linear(f, dim), nn.BatchNorm1d(dim, affine=False),
+        )
+        enc.fc[6].bias.requires_grad = False
+        self.encoder = enc
+        self.teacher = copy.deepcopy(enc)
+        for p in self.teacher.parameters():
+            p.requires_grad = False
+        self.predictor = nn.Sequential(
+            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, dim),
+        )
+        self.dim = dim
 
 
 def main():
@@ -26,16 +91,18 @@ def main():
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--demo", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = args.batch
-    model = MecModel().train()
+    model = (DemoModel() if args.demo else MecModel()).train()
+    dim = 512 if args.demo else 2048
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-5)
     x1 = torch.randn(batch, 3, args.size, args.size)
     x2 = torch.randn(batch, 3, args.size, args.size)
-    lamda_inv = batch * 64 / 2048
+    lamda_inv = batch * 64 / dim
     student = list(model.encoder.parameters())
     teacher = list(model.teacher.parameters())
 
@@ -64,7 +131,7 @@ def main():
         if best is None or t < best[0]:
             best = (t, c)
     print(json.dumps({
-        "name": f"torch mec step resnet50 {args.size}px batch {batch}",
+        "name": f"torch mec step {'demo resnet18' if args.demo else 'resnet50'} {args.size}px batch {batch}",
         "pairsPerSecond": batch / best[0],
         "seconds": best[0],
         "cpuSeconds": best[1],

@@ -5,7 +5,9 @@
  * time stolen by other tenants is not CPU time) and its peak resident
  * memory. Prints one JSON line.
  *
- *     deno run -A bench/mec_step.ts [--batch 16] [--size 224] [--steps 2]
+ *     deno run -A bench/mec_step.ts [--batch 16] [--size 224] [--steps 2] [--demo]
+ *
+ * `--demo` runs the demo's network (tools/demo.ts) instead of ResNet-50.
  *
  * @module
  */
@@ -27,6 +29,7 @@ const { values } = parseArgs({
     batch: { type: "string", default: "16" },
     size: { type: "string", default: "224" },
     steps: { type: "string", default: "2" },
+    demo: { type: "boolean", default: false },
   },
 });
 const batch = Number(values.batch);
@@ -41,7 +44,11 @@ function peakResident(): number {
 
 await useDevice("cpu");
 setDefaultDevice("cpu");
-const model = new MEC({ arch: "resnet50" });
+const model = new MEC(
+  values.demo
+    ? { arch: "resnet18", width: 16, smallStem: true, dim: 512, predDim: 128 }
+    : { arch: "resnet50" },
+);
 const optimizer = new SGD(model.trainableParameters(), {
   lr: 0.1,
   momentum: 0.9,
@@ -70,7 +77,9 @@ for (let i = 1; i <= steps; i++) {
   }
 }
 console.log(JSON.stringify({
-  name: `deno-mec mec step resnet50 ${size}px batch ${batch}`,
+  name: `deno-mec mec step ${
+    values.demo ? "demo resnet18" : "resnet50"
+  } ${size}px batch ${batch}`,
   pairsPerSecond: batch / best.seconds,
   ...best,
   peakResidentBytes: peakResident(),
