@@ -470,11 +470,15 @@ export class CpuBackend implements Backend {
   }
 
   // On oneDNN, batch norm keeps a blocked input's layout (layout.ts).
+  // With `relu`, oneDNN applies it inside the batch norm where that is
+  // fast (dnnl_ops.ts); elsewhere the ReLU runs after it, on its output.
   batchNormForwardTraining(a: BatchNormForwardTrainingArgs): void {
     const ops = this.#dnnlOps();
+    const relu = a.relu ?? false;
+    let fused = false;
     if (ops) {
       const layout = cpu(a.x).layout;
-      ops.batchNormForwardTraining(
+      fused = ops.batchNormForwardTraining(
         cpu(a.x).raw,
         output(a.y, layout),
         hostOrNull(a.scale),
@@ -485,20 +489,24 @@ export class CpuBackend implements Backend {
         host(a.saveInvStd),
         a.desc,
         layout,
+        relu,
       );
-      return;
+    } else {
+      bn.batchNormForwardTraining(
+        host(a.x),
+        output(a.y, null),
+        hostOrNull(a.scale),
+        hostOrNull(a.bias),
+        hostOrNull(a.runningMean),
+        hostOrNull(a.runningVar),
+        host(a.saveMean),
+        host(a.saveInvStd),
+        a.desc,
+      );
     }
-    bn.batchNormForwardTraining(
-      host(a.x),
-      output(a.y, null),
-      hostOrNull(a.scale),
-      hostOrNull(a.bias),
-      hostOrNull(a.runningMean),
-      hostOrNull(a.runningVar),
-      host(a.saveMean),
-      host(a.saveInvStd),
-      a.desc,
-    );
+    if (relu && !fused) {
+      this.reluForward({ x: a.y, y: a.y, length: a.y.length });
+    }
   }
 
   batchNormForwardInference(a: BatchNormForwardInferenceArgs): void {

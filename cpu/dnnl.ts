@@ -175,6 +175,7 @@ export const ALG = { binaryAdd: 0x1fff0, poolingMax: 0x1ff } as const;
 /** Batch normalisation flags (dnnl_normalization_flags_t). */
 export const BNORM = {
   globalStats: 0x1,
+  fuseRelu: 0x4,
   scale: 0x8,
   shift: 0x10,
 } as const;

@@ -57,6 +57,8 @@ interface Plan {
   scratchpad: Handle | null;
   /** Scratchpad size in float32 elements. */
   scratchpadLength: number;
+  /** Float32 elements of the workspace operand, if there is one. */
+  workspaceLength: number;
   implementation: string;
 }
 
@@ -73,6 +75,18 @@ function bnFlags(scale: boolean, shift: boolean): number {
   return (scale ? BNORM.scale : 0) | (shift ? BNORM.shift : 0);
 }
 
+/** Whether every value of the first `c` of each array (or null) is finite. */
+function allFinite(
+  c: number,
+  ...arrays: (Float32Array | null)[]
+): boolean {
+  for (const a of arrays) {
+    if (a === null) continue;
+    for (let i = 0; i < c; i++) if (!Number.isFinite(a[i])) return false;
+  }
+  return true;
+}
+
 /** Max pooling on one shape and layout. */
 interface PoolPlan {
   inference: Plan;
@@ -81,8 +95,6 @@ interface PoolPlan {
   backward: Plan;
   /** The output's layout (x's blocking, or null for NCHW). */
   outputLayout: BlockedLayout | null;
-  /** The workspace's size in float32 elements. */
-  workspaceLength: number;
 }
 
 /** Cached oneDNN primitives for the memory-bound ops of one backend. */
@@ -98,6 +110,8 @@ export class DnnlOps {
   /** Max pooling's backward: the forward's output and workspace, again. */
   readonly #poolOutput = new ScratchArray();
   readonly #poolWorkspace = new ScratchArray();
+  /** The fused ReLU's mask, written and not read. */
+  readonly #bnWorkspace = new ScratchArray();
   /** Max pooling plans (three primitives each), per shape and layout. */
   readonly #pools = new Map<
     string,
@@ -113,12 +127,14 @@ export class DnnlOps {
 
   /** Bytes held for max pooling's backward. */
   get bytes(): number {
-    return this.#poolOutput.bytes + this.#poolWorkspace.bytes;
+    return this.#poolOutput.bytes + this.#poolWorkspace.bytes +
+      this.#bnWorkspace.bytes;
   }
 
   release(): void {
     this.#poolOutput.release();
     this.#poolWorkspace.release();
+    this.#bnWorkspace.release();
   }
 
   /**
@@ -158,7 +174,7 @@ export class DnnlOps {
     const plan = this.#poolPlan(d, layout);
     if (plan === null || dyLayout !== plan.outputLayout) return undefined;
     const y = this.#poolOutput.get(d.n * d.c * d.oh * d.ow);
-    const ws = this.#poolWorkspace.get(plan.workspaceLength);
+    const ws = this.#poolWorkspace.get(plan.training.workspaceLength);
     this.#run(plan.training, [x, y, ws]);
     this.#run(plan.backward, [dy, ws, dx]);
     return layout;
@@ -185,19 +201,36 @@ export class DnnlOps {
     saveInvStd: Float32Array,
     d: BatchNormDesc,
     layout: BlockedLayout | null = null,
-  ): void {
+    relu = false,
+  ): boolean {
     const variance = this.#channelTemp(d.c);
-    const plan = this.#bnForwardPlan(
-      d,
-      gamma !== null,
-      beta !== null,
-      false,
-      layout,
-    );
-    const arrays = [x, y, saveMean, variance];
-    if (gamma) arrays.push(gamma);
-    if (beta) arrays.push(beta);
-    this.#run(plan, arrays);
+    const run = (fuse: boolean) => {
+      const plan = this.#bnForwardPlan(
+        d,
+        gamma !== null,
+        beta !== null,
+        false,
+        layout,
+        fuse,
+      );
+      const arrays = [x, y, saveMean, variance];
+      if (gamma) arrays.push(gamma);
+      if (beta) arrays.push(beta);
+      if (fuse) arrays.push(this.#bnWorkspace.get(plan.workspaceLength));
+      this.#run(plan, arrays);
+    };
+    // The ReLU inside the batch norm on blocked data only: the plain-layout
+    // kernel runs four times as slowly with it. oneDNN's ReLU turns NaN
+    // into 0, but a NaN (or infinity) anywhere in a channel's input makes
+    // its mean or variance NaN, and a NaN out of finite inputs needs a
+    // gamma or beta that is not finite: then the channel runs again without
+    // the ReLU, which the caller applies keeping NaN, as PyTorch does.
+    let fused = relu && layout !== null;
+    run(fused);
+    if (fused && !allFinite(d.c, saveMean, variance, gamma, beta)) {
+      run(false);
+      fused = false;
+    }
     const count = d.n * d.spatial;
     const m = d.momentum;
     for (let ch = 0; ch < d.c; ch++) {
@@ -210,6 +243,7 @@ export class DnnlOps {
         runningVar[ch] = (1 - m) * runningVar[ch] + m * unbiased;
       }
     }
+    return fused;
   }
 
   batchNormForwardInference(
@@ -287,16 +321,17 @@ export class DnnlOps {
     shift: boolean,
     inference: boolean,
     layout: BlockedLayout | null,
+    relu = false,
   ): Plan {
     const key = `bn ${inference ? "inference" : "training"} ${
       bnDims(d)
-    } ${d.eps} ${scale} ${shift}`;
+    } ${d.eps} ${scale} ${shift}${relu ? " relu" : ""}`;
     return this.#cached(key, layout, () => {
       const dn = this.#dnnl;
       const data = this.#dataMd(d, layout);
       const stat = dn.memoryDesc([d.c], plainTag(1));
       const flags = bnFlags(scale, shift) |
-        (inference ? BNORM.globalStats : 0);
+        (inference ? BNORM.globalStats : 0) | (relu ? BNORM.fuseRelu : 0);
       const desc = dn.batchNormDesc(
         inference ? PROP.forwardInference : PROP.forwardTraining,
         data,
@@ -312,6 +347,10 @@ export class DnnlOps {
       ];
       if (scale) operands.push([ARG.scale, stat]);
       if (shift) operands.push([ARG.shift, stat]);
+      // The ReLU's mask, for a backward this backend does not use.
+      if (relu) {
+        operands.push([ARG.workspace, dn.queryMd(pd, QUERY.workspaceMd)]);
+      }
       return this.#plan(pd, operands);
     });
   }
@@ -443,7 +482,6 @@ export class DnnlOps {
         [ARG.diffSrc, src],
       ]),
       outputLayout,
-      workspaceLength: Math.ceil(dn.mdBytes(wsMd) / 4),
     };
   }
 
@@ -502,6 +540,12 @@ export class DnnlOps {
       memories,
       scratchpad,
       scratchpadLength: Math.ceil(spBytes / 4),
+      workspaceLength: Math.ceil(
+        operands.reduce(
+          (n, [arg, md]) => arg === ARG.workspace ? dn.mdBytes(md) : n,
+          0,
+        ) / 4,
+      ),
       implementation: dn.implementation(pd),
     };
   }

@@ -366,6 +366,12 @@ export class CudaBackend implements Backend {
       addr(a.saveMean),
       addr(a.saveInvStd),
     );
+    // cuDNN fuses the activation (batchNormForwardTrainingEx) for NHWC
+    // tensors only; these are NCHW, so the ReLU runs after, in place.
+    if (a.relu) {
+      const { n, c, spatial } = a.desc;
+      this.reluForward({ x: a.y, y: a.y, length: n * c * spatial });
+    }
   }
 
   batchNormForwardInference(a: BatchNormForwardInferenceArgs): void {

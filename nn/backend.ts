@@ -231,6 +231,11 @@ export interface BatchNormForwardTrainingArgs {
   /** Out: 1 / sqrt(biased batch variance + eps) per channel. */
   saveInvStd: DataBuffer;
   desc: BatchNormDesc;
+  /**
+   * Then max(y, 0), keeping NaN: batch norm and the ReLU after it in one
+   * op (cudnnBatchNormalizationForwardTrainingEx's BN_ACTIVATION).
+   */
+  relu?: boolean;
 }
 
 /** `cudnnBatchNormalizationForwardInference`. */

@@ -8,7 +8,7 @@
 import { full, zeros } from "./creation.ts";
 import { defaultWeight, fans, uniform } from "./init.ts";
 import { Layer } from "./module.ts";
-import { relu } from "./ops/activation.ts";
+import { relu, reluInPlace } from "./ops/activation.ts";
 import { conv2d } from "./ops/conv.ts";
 import { linear } from "./ops/linalg.ts";
 import { batchNorm, type BatchNormOptions } from "./ops/normalization.ts";
@@ -179,14 +179,14 @@ abstract class BatchNormBase extends Layer {
     }
   }
 
-  protected normalize(x: Tensor): Tensor {
+  /** The batch norm of x, then max(·, 0) where `relu` (in one op if it can). */
+  protected normalize(x: Tensor, relu = false): Tensor {
     // As PyTorch: batch statistics in training, or always without running ones.
     const useBatch = this.training || this.runningMean === null;
     const update = this.training && this.runningMean !== null;
     // As PyTorch's SyncBatchNorm: synchronised only in training mode.
-    const norm = this.training && this.sync !== null
-      ? this.sync.batchNorm.bind(this.sync)
-      : batchNorm;
+    const synced = this.training && this.sync !== null;
+    const norm = synced ? this.sync!.batchNorm.bind(this.sync) : batchNorm;
     const out = norm(x, {
       weight: this.weight,
       bias: this.bias,
@@ -195,6 +195,7 @@ abstract class BatchNormBase extends Layer {
       training: useBatch,
       momentum: this.momentum,
       eps: this.eps,
+      relu: relu && !synced,
     });
     const counter = this.numBatchesTracked;
     if (update && counter) {
@@ -208,7 +209,7 @@ abstract class BatchNormBase extends Layer {
         })
       );
     }
-    return out;
+    return relu && synced ? reluInPlace(out) : out;
   }
 }
 
@@ -225,6 +226,15 @@ export class BatchNorm2d extends BatchNormBase {
   forward(x: Tensor): Tensor {
     expectRank("BatchNorm2d", x, [4]);
     return this.normalize(x);
+  }
+
+  /**
+   * relu(forward(x)), with the ReLU inside the batch norm's op in training
+   * (nothing in between to read or write; the backward reads the output).
+   */
+  forwardRelu(x: Tensor): Tensor {
+    expectRank("BatchNorm2d", x, [4]);
+    return this.normalize(x, true);
   }
 }
 

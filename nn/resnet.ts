@@ -23,7 +23,7 @@ import {
 } from "./layers.ts";
 import { kaimingNormalFanOut } from "./init.ts";
 import { Layer } from "./module.ts";
-import { addReluInPlace, reluInPlace } from "./ops/activation.ts";
+import { addReluInPlace } from "./ops/activation.ts";
 import { forwardScope, type Tensor } from "./tensor.ts";
 
 export interface ResNetOptions {
@@ -119,7 +119,7 @@ export class BasicBlock extends Layer implements Block {
    */
   forward(x: Tensor): Tensor {
     return forwardScope(() => {
-      const out = reluInPlace(this.bn1.forward(this.conv1.forward(x)));
+      const out = this.bn1.forwardRelu(this.conv1.forward(x));
       const branch = this.bn2.forward(this.conv2.forward(out));
       return addReluInPlace(
         branch,
@@ -171,8 +171,8 @@ export class Bottleneck extends Layer implements Block {
   /** In place and freeing as it goes, as `BasicBlock.forward`. */
   forward(x: Tensor): Tensor {
     return forwardScope(() => {
-      let out = reluInPlace(this.bn1.forward(this.conv1.forward(x)));
-      out = reluInPlace(this.bn2.forward(this.conv2.forward(out)));
+      let out = this.bn1.forwardRelu(this.conv1.forward(x));
+      out = this.bn2.forwardRelu(this.conv2.forward(out));
       const branch = this.bn3.forward(this.conv3.forward(out));
       return addReluInPlace(
         branch,
@@ -283,7 +283,7 @@ export class ResNet extends Layer {
   /** Pooled features [n, featureDim], the input of `fc`. */
   features(x: Tensor): Tensor {
     return forwardScope(() => {
-      let h = reluInPlace(this.bn1.forward(this.conv1.forward(x)));
+      let h = this.bn1.forwardRelu(this.conv1.forward(x));
       h = this.maxpool.forward(h);
       for (const layer of this.layers) h = layer.forward(h);
       return this.avgpool.forward(h).flatten(1);

@@ -2,7 +2,15 @@ import type { DataBuffer } from "../nn/backend.ts";
 import { CpuBackend, CpuBuffer } from "../cpu/backend.ts";
 import type { BlockedLayout } from "../cpu/layout.ts";
 import { tryDnnl } from "../cpu/dnnl.ts";
-import { Generator } from "../mod.ts";
+import {
+  batchNorm,
+  conv2d,
+  Generator,
+  randn,
+  relu,
+  type Tensor,
+  tensor,
+} from "../mod.ts";
 import { assert } from "./assert.ts";
 import { assertClose, randomValues } from "./check.ts";
 import { convShape } from "./conv_desc.ts";
@@ -228,5 +236,55 @@ Deno.test(
       be.read(u),
       Float32Array.from(values, (v, i) => v + Math.floor(i / 25)),
     );
+  },
+);
+
+Deno.test(
+  `batch norm with its ReLU on blocked data equals batch norm then ReLU, and keeps a NaN${skipped}`,
+  {
+    ignore: lib === null,
+  },
+  () => {
+    const x = randn([2, 16, 6, 6], new Generator(1));
+    const w = randn([16, 16, 3, 3], new Generator(2));
+    const gamma = randn([16], new Generator(3));
+    const beta = randn([16], new Generator(4));
+    const norm = (t: Tensor, relu: boolean) =>
+      batchNorm(t, { weight: gamma, bias: beta, training: true, relu });
+    const y = conv2d(x, w, null, { padding: 1 });
+    assert.ok((y.buffer as CpuBuffer).layout !== null, "the path under test");
+    const fused = norm(y, true).toArray();
+    const apart = relu(norm(y, false)).toArray();
+    assertClose(fused, apart, "fused", { rtol: 1e-6, atol: 1e-6 });
+    // A NaN in the input makes every output of its channel NaN, as PyTorch's
+    // batch norm and ReLU do; oneDNN's ReLU alone would make them 0.
+    const bad = x.toArray().slice();
+    bad[5] = NaN;
+    const yBad = conv2d(tensor(bad, x.shape), w, null, { padding: 1 });
+    const out = norm(yBad, true).toArray();
+    assert.ok(out.every((v) => Number.isNaN(v)), "all NaN");
+    // A NaN gamma does the same to its channel alone.
+    const g = gamma.toArray().slice();
+    g[3] = NaN;
+    const one = batchNorm(y, {
+      weight: tensor(g, [16]),
+      bias: beta,
+      training: true,
+      relu: true,
+    }).toArray();
+    const plane = 36;
+    for (let n = 0; n < 2; n++) {
+      for (let ch = 0; ch < 16; ch++) {
+        const part = one.slice(
+          (n * 16 + ch) * plane,
+          (n * 16 + ch + 1) * plane,
+        );
+        assert.equal(
+          part.every((v) => Number.isNaN(v)),
+          ch === 3,
+          `channel ${ch}`,
+        );
+      }
+    }
   },
 );

@@ -148,3 +148,22 @@ Deno.test("normalize() matches F.normalize and its gradient, including a zero ro
     step: 1e-17,
   });
 });
+
+for (const shape of [[4, 3, 7], [2, 4, 3, 5]]) {
+  Deno.test(`batchNorm() with relu in training mode is relu(batchNorm()), values and gradients, for [${shape}]`, () => {
+    const c = shape[1];
+    const size = shape.reduce((p, q) => p * q, 1);
+    checkGradients("batchNorm train relu", {
+      inputs: [
+        { data: randomValues(gen, size, -2, 3), shape },
+        { data: randomValues(gen, c, 0.5, 1.5), shape: [c] },
+        { data: randomValues(gen, c), shape: [c] },
+      ],
+      op: (t, w, b) =>
+        batchNorm(t, { weight: w, bias: b, training: true, relu: true }),
+      ref: (t, w, b) =>
+        batchNormRef(t, shape, w, b, 1e-5, null).y.map((v) => Math.max(v, 0)),
+      backward: { rtol: 1e-3, atol: 2e-4 },
+    });
+  });
+}

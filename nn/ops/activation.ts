@@ -27,7 +27,7 @@ export function relu(x: Tensor): Tensor {
 }
 
 /** dx = dy where y > 0, as a new tensor. */
-function reluGrad(g: Tensor, y: Tensor): Tensor {
+export function reluGrad(g: Tensor, y: Tensor): Tensor {
   const gx = Tensor.empty(g.backend, y.shape);
   g.backend.reluBackward({
     y: y.buffer,

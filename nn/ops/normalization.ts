@@ -6,6 +6,7 @@
 
 import type { BatchNormDesc } from "../backend.ts";
 import { formatShape, recordGrad, Tensor } from "../tensor.ts";
+import { reluGrad, reluInPlace } from "./activation.ts";
 import { backendOf, expectRank } from "./util.ts";
 
 export interface BatchNormOptions {
@@ -20,6 +21,11 @@ export interface BatchNormOptions {
   training: boolean;
   momentum?: number;
   eps?: number;
+  /**
+   * Then a ReLU, as `relu(batchNorm(x))` computes it: in training mode in
+   * one op, which needs neither the normalised tensor nor a pass of its own.
+   */
+  relu?: boolean;
 }
 
 /**
@@ -28,6 +34,9 @@ export interface BatchNormOptions {
  * averages move by `momentum` towards the batch mean and unbiased variance.
  */
 export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
+  if (opts.relu && !opts.training) {
+    return reluInPlace(batchNorm(x, { ...opts, relu: false }));
+  }
   expectRank("batchNorm", x, [2, 3, 4]);
   const { weight = null, bias = null, runningMean = null, runningVar = null } =
     opts;
@@ -91,22 +100,34 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
       saveMean: saveMean.buffer,
       saveInvStd: saveInvStd.buffer,
       desc: d,
+      relu: opts.relu ?? false,
     });
     // The input and the batch statistics: the output is not needed (it may
-    // be overwritten by an in-place ReLU), nor a normalised copy.
-    const saved = [x, saveMean, saveInvStd, ...(weight ? [weight] : [])];
+    // be overwritten by an in-place ReLU), nor a normalised copy. With the
+    // ReLU, its output: where it is positive is the ReLU's gradient.
+    const relu = opts.relu ?? false;
+    const saved = [
+      x,
+      saveMean,
+      saveInvStd,
+      ...(weight ? [weight] : []),
+      ...(relu ? [out] : []),
+    ];
     return recordGrad(
       out,
-      "batchNorm",
+      relu ? "batchNormRelu" : "batchNorm",
       inputs,
       saved,
-      (g, [sx, sm, si, sw]) => {
+      (g, [sx, sm, si, ...rest]) => {
+        const sw = weight ? rest[0] : null;
+        // Through the ReLU first: g where the output is positive.
+        const dy = relu ? reluGrad(g, rest.at(-1)!) : g;
         const gx = Tensor.empty(backend, x.shape);
         const gw = weight?.requiresGrad ? Tensor.empty(backend, [c]) : null;
         const gb = bias?.requiresGrad ? Tensor.empty(backend, [c]) : null;
         backend.batchNormBackward({
           x: sx.buffer,
-          dy: g.buffer,
+          dy: dy.buffer,
           dx: gx.buffer,
           scale: sw?.buffer ?? null,
           dScale: gw?.buffer ?? null,
@@ -115,6 +136,7 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
           saveInvStd: si.buffer,
           desc: d,
         });
+        if (dy !== g) dy.dispose();
         return withParamGrads(gx, weight, gw, bias, gb);
       },
     );
