@@ -26,6 +26,7 @@ import { CpuBackend } from "../cpu/backend.ts";
 import { blas } from "../cpu/blas.ts";
 import { setDefaultDevice, useDevice } from "../mod.ts";
 import type { ConvOp } from "../cpu/dnnl_conv.ts";
+import type { DataBuffer } from "../nn/backend.ts";
 import { runDataBench } from "./data_bench.ts";
 import { mecCases, type ModelCase, modelCases } from "./models.ts";
 import {
@@ -295,6 +296,44 @@ function kernelCases(): Case[] {
     run,
     sync: () => be.synchronize(),
   });
+  // The same tensors in oneDNN's blocked layout, as the network's
+  // convolutions leave them (cpu/layout.ts): 1x1 convolutions' outputs.
+  const blocked = (from: DataBuffer, channels: number, side: number) => {
+    const desc = {
+      n,
+      c: channels,
+      h: side,
+      w: side,
+      k: channels,
+      r: 1,
+      s: 1,
+      strideH: 1,
+      strideW: 1,
+      padH: 0,
+      padW: 0,
+      oh: side,
+      ow: side,
+    };
+    const out = be.alloc(size);
+    be.conv2dForward({ x: from, w: buffer(channels * channels), y: out, desc });
+    return out;
+  };
+  const [xb, dyb] = [blocked(x, c, 56), blocked(dy, c, 56)];
+  const [yb, dxb] = [be.alloc(size), be.alloc(size)];
+  const poolB = blocked(x, 64, 112);
+  const bnTrain = (xIn: DataBuffer, yOut: DataBuffer, relu: boolean) => () =>
+    be.batchNormForwardTraining({
+      x: xIn,
+      y: yOut,
+      scale: gamma,
+      bias: beta,
+      runningMean: mean,
+      runningVar: variance,
+      saveMean,
+      saveInvStd,
+      desc: bn,
+      relu,
+    });
   const copyLength = 64 * 2 ** 20;
   const [copyFrom, copyTo] = [buffer(copyLength), buffer(copyLength)];
   return [
@@ -380,6 +419,26 @@ function kernelCases(): Case[] {
       poolIn,
       10,
       () => be.maxPoolBackward({ x, y, dy, dx, desc: pool }),
+    ),
+    k("batch norm fwd train, blocked", size, 12, bnTrain(xb, yb, false)),
+    k("batch norm + relu fwd train, blocked", size, 12, bnTrain(xb, yb, true)),
+    k("batch norm bwd, blocked", size, 20, () =>
+      be.batchNormBackward({
+        x: xb,
+        dy: dyb,
+        dx: dxb,
+        scale: gamma,
+        dScale: dGamma,
+        dBias: dBeta,
+        saveMean,
+        saveInvStd,
+        desc: bn,
+      })),
+    k(
+      "max pool 3x3/2 fwd, blocked",
+      poolIn,
+      5,
+      () => be.maxPoolForward({ x: poolB, y: yb, desc: pool }),
     ),
   ];
 }
