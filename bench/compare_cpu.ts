@@ -7,7 +7,7 @@
  * resident memory).
  *
  *     deno run -A bench/compare_cpu.ts [--rounds 2] [--threads 2] [--batch 16]
- *         [--size 224] [--demo]
+ *         [--size 224] [--steps 2] [--demo]
  *
  * `--demo`: the demo's network (a ResNet-18 of width 16 with the small
  * stem) instead of ResNet-50; `--demo --batch 256 --size 28` is the
@@ -27,6 +27,7 @@ const { values } = parseArgs({
     threads: { type: "string", default: "2" },
     batch: { type: "string", default: "16" },
     size: { type: "string", default: "224" },
+    steps: { type: "string", default: "2" },
     demo: { type: "boolean", default: false },
   },
 });
@@ -61,6 +62,8 @@ const sizeArgs = [
   values.batch,
   "--size",
   values.size,
+  "--steps",
+  values.steps,
   ...(values.demo ? ["--demo"] : []),
 ];
 for (let r = 0; r < Number(values.rounds); r++) {
