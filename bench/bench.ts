@@ -345,18 +345,7 @@ function kernelCases(): Case[] {
         dstOffset: 0,
         length: copyLength,
       })),
-    k("batch norm fwd train", size, 12, () =>
-      be.batchNormForwardTraining({
-        x,
-        y,
-        scale: gamma,
-        bias: beta,
-        runningMean: mean,
-        runningVar: variance,
-        saveMean,
-        saveInvStd,
-        desc: bn,
-      })),
+    k("batch norm fwd train", size, 12, bnTrain(x, y, false)),
     k("batch norm fwd eval", size, 8, () =>
       be.batchNormForwardInference({
         x,

@@ -127,6 +127,25 @@ function commonLayout(...buffers: DataBuffer[]): BlockedLayout | null {
   return null;
 }
 
+/**
+ * The layout of a buffer an op reads as [n, c, spatial] (a view may have
+ * reshaped the tensor a convolution wrote), or null after making it plain
+ * when its layout's dimensions do not fit.
+ */
+function channelLayout(
+  b: DataBuffer,
+  n: number,
+  c: number,
+  spatial: number,
+): BlockedLayout | null {
+  const layout = cpu(b).layout;
+  if (layout === null) return null;
+  const [ln, lc, h, w] = layout.dims;
+  if (ln === n && lc === c && h * w === spatial) return layout;
+  host(b);
+  return null;
+}
+
 function hostOrNull(b: DataBuffer | null): Float32Array | null {
   return b === null ? null : host(b);
 }
@@ -477,7 +496,8 @@ export class CpuBackend implements Backend {
     const relu = a.relu ?? false;
     let fused = false;
     if (ops) {
-      const layout = cpu(a.x).layout;
+      const { n, c, spatial } = a.desc;
+      const layout = channelLayout(a.x, n, c, spatial);
       fused = ops.batchNormForwardTraining(
         cpu(a.x).raw,
         output(a.y, layout),
@@ -512,7 +532,8 @@ export class CpuBackend implements Backend {
   batchNormForwardInference(a: BatchNormForwardInferenceArgs): void {
     const ops = this.#dnnlOps();
     if (ops) {
-      const layout = cpu(a.x).layout;
+      const { n, c, spatial } = a.desc;
+      const layout = channelLayout(a.x, n, c, spatial);
       ops.batchNormForwardInference(
         cpu(a.x).raw,
         output(a.y, layout),
@@ -541,7 +562,10 @@ export class CpuBackend implements Backend {
     if (ops) {
       // oneDNN needs to know whether the forward had a shift: it did when a
       // gradient of it is asked for; without one, none is computed.
-      const layout = commonLayout(a.x, a.dy);
+      const { n, c, spatial } = a.desc;
+      const layout = channelLayout(a.x, n, c, spatial) &&
+        commonLayout(a.x, a.dy);
+      if (layout === null) host(a.dy);
       ops.batchNormBackward(
         cpu(a.x).raw,
         cpu(a.dy).raw,
@@ -605,7 +629,7 @@ export class CpuBackend implements Backend {
         cpu(x).raw,
         cpu(y).raw,
         desc,
-        cpu(x).layout,
+        channelLayout(x, desc.n, desc.c, desc.h * desc.w),
       );
       if (layout !== undefined) {
         cpu(y).layout = layout;
@@ -618,6 +642,7 @@ export class CpuBackend implements Backend {
   maxPoolBackward({ x, y, dy, dx, desc }: PoolBackwardArgs): void {
     const ops = this.#dnnlOps();
     if (ops && !ew.hasNaNOrNegInf(cpu(x).raw)) {
+      channelLayout(x, desc.n, desc.c, desc.h * desc.w);
       const run = () =>
         ops.maxPoolBackward(
           cpu(x).raw,
