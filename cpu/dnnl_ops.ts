@@ -1,15 +1,18 @@
 /**
  * The memory-bound ops of a training step on oneDNN's primitives: batch
- * normalisation (training and inference forward, backward) and the sum of
- * two tensors. The TypeScript kernels stay the fallback and the reference.
+ * normalisation (training and inference forward, backward; with the ReLU
+ * after it in training), max pooling and the sum of two tensors. The
+ * TypeScript kernels stay the fallback and the reference.
  *
  * ReLU stays on the TypeScript kernel: oneDNN's (forward, backward, and as
  * a post-op of the sum) turns NaN into 0, where PyTorch's keeps it, and a
  * NaN that vanished inside the network would hide a diverged run from the
- * non-finite loss check.
+ * non-finite loss check. Inside a batch norm it is used with a check that
+ * brings the NaN back (batchNormForwardTraining).
  *
- * Every operand keeps the plain layout the backend stores (NCHW, or a flat
- * run of elements), so no reorder is needed. They run on OpenMP's threads,
+ * Operands are in the layout the backend holds them in: NCHW (or a flat
+ * run of elements), or the blocked layout a convolution left (layout.ts),
+ * so no reorder is needed. They run on OpenMP's threads,
  * as many as the convolutions (`MEC_THREADS`): oneDNN's plain-layout batch
  * norm is bound by one core's arithmetic, not by memory, and two threads
  * run it 1.8 times as fast ([8, 256, 56, 56], forward and backward, 14 ms
@@ -125,7 +128,7 @@ export class DnnlOps {
     this.#layouts = layouts;
   }
 
-  /** Bytes held for max pooling's backward. */
+  /** Bytes held for max pooling's backward and the fused ReLU's mask. */
   get bytes(): number {
     return this.#poolOutput.bytes + this.#poolWorkspace.bytes +
       this.#bnWorkspace.bytes;
