@@ -334,6 +334,19 @@ function kernelCases(): Case[] {
       desc: bn,
       relu,
     });
+  const bnBackward =
+    (xIn: DataBuffer, dyIn: DataBuffer, dxOut: DataBuffer) => () =>
+      be.batchNormBackward({
+        x: xIn,
+        dy: dyIn,
+        dx: dxOut,
+        scale: gamma,
+        dScale: dGamma,
+        dBias: dBeta,
+        saveMean,
+        saveInvStd,
+        desc: bn,
+      });
   const copyLength = 64 * 2 ** 20;
   const [copyFrom, copyTo] = [buffer(copyLength), buffer(copyLength)];
   return [
@@ -356,18 +369,7 @@ function kernelCases(): Case[] {
         estimatedVariance: variance,
         desc: bn,
       })),
-    k("batch norm bwd", size, 20, () =>
-      be.batchNormBackward({
-        x,
-        dy,
-        dx,
-        scale: gamma,
-        dScale: dGamma,
-        dBias: dBeta,
-        saveMean,
-        saveInvStd,
-        desc: bn,
-      })),
+    k("batch norm bwd", size, 20, bnBackward(x, dy, dx)),
     k("relu fwd", size, 8, () => be.reluForward({ x, y, length: size })),
     k("relu bwd", size, 12, () => be.reluBackward({ y, dy, dx, length: size })),
     k("add", size, 12, () =>
@@ -411,18 +413,7 @@ function kernelCases(): Case[] {
     ),
     k("batch norm fwd train, blocked", size, 12, bnTrain(xb, yb, false)),
     k("batch norm + relu fwd train, blocked", size, 12, bnTrain(xb, yb, true)),
-    k("batch norm bwd, blocked", size, 20, () =>
-      be.batchNormBackward({
-        x: xb,
-        dy: dyb,
-        dx: dxb,
-        scale: gamma,
-        dScale: dGamma,
-        dBias: dBeta,
-        saveMean,
-        saveInvStd,
-        desc: bn,
-      })),
+    k("batch norm bwd, blocked", size, 20, bnBackward(xb, dyb, dxb)),
     k(
       "max pool 3x3/2 fwd, blocked",
       poolIn,

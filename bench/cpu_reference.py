@@ -21,8 +21,6 @@ import json
 import resource
 import time
 
-import copy
-
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
@@ -61,28 +59,10 @@ class SmallResNet18(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-class DemoModel(nn.Module):
+def demo_model():
     """The demo's MEC model, built as MecModel builds ResNet-50's."""
-
-    def __init__(self, width=16, dim=512, pred_dim=128):
-        super().__init__()
-        enc = SmallResNet18(width)
-        f = enc.features
-        enc.fc = nn.Sequential(
-            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f), nn.ReLU(inplace=True),
-            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f), nn.ReLU(inplace=True),
-            nn.Linear(f, dim), nn.BatchNorm1d(dim, affine=False),
-        )
-        enc.fc[6].bias.requires_grad = False
-        self.encoder = enc
-        self.teacher = copy.deepcopy(enc)
-        for p in self.teacher.parameters():
-            p.requires_grad = False
-        self.predictor = nn.Sequential(
-            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True),
-            nn.Linear(pred_dim, dim),
-        )
-        self.dim = dim
+    encoder = SmallResNet18(16)
+    return MecModel(dim=512, pred_dim=128, encoder=encoder, features=encoder.features)
 
 
 def main():
@@ -96,7 +76,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     batch = args.batch
-    model = (DemoModel() if args.demo else MecModel()).train()
+    model = (demo_model() if args.demo else MecModel()).train()
     dim = 512 if args.demo else 2048
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-5)

@@ -53,16 +53,18 @@ def resnet50_step(batch):
 
 
 class MecModel(nn.Module):
-    """The official code's model: ResNet-50 with MEC's projector, a
-    predictor, and an EMA teacher of encoder and projector."""
+    """The official code's model: ResNet-50 (or `encoder`, whose `fc` takes
+    `features` inputs) with MEC's projector, a predictor, and an EMA teacher
+    of encoder and projector."""
 
-    def __init__(self, dim=2048, pred_dim=512):
+    def __init__(self, dim=2048, pred_dim=512, encoder=None, features=2048):
         super().__init__()
-        enc = torchvision.models.resnet50(zero_init_residual=True)
+        enc = encoder or torchvision.models.resnet50(zero_init_residual=True)
+        f = features
         enc.fc = nn.Sequential(
-            nn.Linear(2048, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
-            nn.Linear(2048, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
-            nn.Linear(2048, dim), nn.BatchNorm1d(dim, affine=False),
+            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f), nn.ReLU(inplace=True),
+            nn.Linear(f, f, bias=False), nn.BatchNorm1d(f), nn.ReLU(inplace=True),
+            nn.Linear(f, dim), nn.BatchNorm1d(dim, affine=False),
         )
         enc.fc[6].bias.requires_grad = False
         self.encoder = enc
