@@ -115,16 +115,34 @@ function output(b: DataBuffer, layout: BlockedLayout | null): Float32Array {
 }
 
 /**
- * The shared layout of buffers an elementwise op reads, or null after
- * making them all plain when they differ or any is plain.
+ * The shared layout of buffers an elementwise op reads, all of one length:
+ * when some are in one blocked layout and the rest plain, the plain ones
+ * are rewritten in it (an elementwise op does not care which order the
+ * elements are in, only that its operands agree), so that a plain
+ * gradient meeting a blocked activation, like the global average pool's
+ * into the last block, does not turn the rest of the backward plain.
+ * Null after making them all plain when two blocked layouts differ.
  */
 function commonLayout(...buffers: DataBuffer[]): BlockedLayout | null {
-  const first = cpu(buffers[0]).layout;
-  if (first !== null && buffers.every((b) => cpu(b).layout === first)) {
-    return first;
+  let layout: BlockedLayout | null = null;
+  for (const b of buffers) {
+    const l = cpu(b).layout;
+    if (l === null || l === layout) continue;
+    if (layout !== null) {
+      for (const b of buffers) host(b);
+      return null;
+    }
+    layout = l;
   }
-  for (const b of buffers) host(b);
-  return null;
+  if (layout === null) return null;
+  for (const b of buffers) {
+    const c = cpu(b);
+    if (c.layout === null) {
+      layout.fromPlain(c.raw);
+      c.layout = layout;
+    }
+  }
+  return layout;
 }
 
 /**

@@ -36,6 +36,8 @@ export interface BlockedLayout {
   readonly dims: readonly number[];
   /** Rewrites `data`, in this layout, as plain NCHW in place. */
   toPlain(data: Float32Array): void;
+  /** Rewrites `data`, plain NCHW, in this layout in place. */
+  fromPlain(data: Float32Array): void;
 }
 
 /**
@@ -74,12 +76,33 @@ export class Layouts {
   }
 
   #create(md: Uint8Array, dims: number[]): BlockedLayout {
+    const plain = this.#dnnl.memoryDesc(dims, PLAIN_4D);
+    const length = dims.reduce((a, b) => a * b, 1);
+    const toPlain = this.#reorder(md, plain, length);
+    // Built on first use: most layouts are only ever read back.
+    let fromPlain: ((data: Float32Array) => void) | null = null;
+    return {
+      md,
+      dims,
+      toPlain,
+      fromPlain: (data) => {
+        fromPlain ??= this.#reorder(plain, md, length);
+        fromPlain(data);
+      },
+    };
+  }
+
+  /** A reorder of `length` elements from `fromMd` to `toMd`, in place. */
+  #reorder(
+    fromMd: Uint8Array,
+    toMd: Uint8Array,
+    length: number,
+  ): (data: Float32Array) => void {
     const dn = this.#dnnl;
-    const plain = dn.memoryDesc(dims, PLAIN_4D);
-    const pd = dn.reorderDesc(md, plain);
+    const pd = dn.reorderDesc(fromMd, toMd);
     const primitive = dn.primitive(pd);
-    const src = dn.memory(md);
-    const dst = dn.memory(plain);
+    const src = dn.memory(fromMd);
+    const dst = dn.memory(toMd);
     const pairs: [number, Handle][] = [[ARG.src, src], [ARG.dst, dst]];
     const spMd = dn.queryMd(pd, QUERY.scratchpadMd);
     const spBytes = dn.mdBytes(spMd);
@@ -91,20 +114,15 @@ export class Layouts {
       pairs.push([ARG.scratchpad, memory]);
     }
     const args = execArgs(pairs);
-    const length = dims.reduce((a, b) => a * b, 1);
     const temp = this.#temp;
-    return {
-      md,
-      dims,
-      toPlain(data: Float32Array): void {
-        const out = temp.get(length);
-        dn.setData(src, Deno.UnsafePointer.of(data));
-        dn.setData(dst, Deno.UnsafePointer.of(out));
-        dn.execute(primitive, args);
-        data.set(out.subarray(0, length));
-        // Keeps the scratchpad referenced as long as the primitive is.
-        void scratchpad;
-      },
+    return (data: Float32Array): void => {
+      const out = temp.get(length);
+      dn.setData(src, Deno.UnsafePointer.of(data));
+      dn.setData(dst, Deno.UnsafePointer.of(out));
+      dn.execute(primitive, args);
+      data.set(out.subarray(0, length));
+      // Keeps the scratchpad referenced as long as the primitive is.
+      void scratchpad;
     };
   }
 }
