@@ -418,12 +418,12 @@ export class CpuBackend implements Backend {
     return `oneDNN ${this.#dnnlConvolutions()!.implementation(op, d)}`;
   }
 
-  /** oneDNN's batch norm and sums unless disabled or not installed. */
   /** oneDNN primitives in use, for the bench and tests. */
   get dnnlOps(): DnnlOps | null {
     return this.#dnnlOps();
   }
 
+  /** oneDNN's memory-bound ops unless disabled or not installed. */
   #dnnlOps(): DnnlOps | null {
     if (this.#ops === undefined) {
       const lib = kernelMode() === "ts" ? null : tryDnnl();

@@ -37,6 +37,7 @@ import type { BatchNormDesc, PoolDesc } from "../nn/backend.ts";
 import { Scratch as ScratchArray } from "./allocator.ts";
 import type { Scratch } from "./conv.ts";
 import type { BlockedLayout, Layouts } from "./layout.ts";
+import { singleThreaded, SMALL_OP } from "./threads.ts";
 import {
   ALG,
   ARG,
@@ -63,6 +64,8 @@ interface Plan {
   /** Float32 elements of the workspace operand, if there is one. */
   workspaceLength: number;
   implementation: string;
+  /** Built and run on one OpenMP thread: a small shape (threads.ts). */
+  singleThreaded: boolean;
 }
 
 /**
@@ -72,6 +75,17 @@ interface Plan {
  */
 function bnDims(d: BatchNormDesc): number[] {
   return [d.n, d.c, d.spatial, 1];
+}
+
+function bnElements(d: BatchNormDesc): number {
+  return d.n * d.c * d.spatial;
+}
+
+/** `build` on one OpenMP thread for a small shape, else on all. */
+function onThreads(elements: number, build: () => Plan): Plan {
+  return elements <= SMALL_OP
+    ? { ...singleThreaded(build), singleThreaded: true }
+    : build();
 }
 
 function bnFlags(scale: boolean, shift: boolean): number {
@@ -183,14 +197,28 @@ export class DnnlOps {
     return layout;
   }
 
-  /** Each primitive built so far and oneDNN's implementation of it. */
+  /**
+   * Each primitive built so far and oneDNN's implementation of it, with
+   * "1 thread" where it runs on one.
+   */
   implementations(): [string, string][] {
-    return [...this.#plans].flatMap(([key, byLayout]) =>
-      [...byLayout].map(([layout, p]): [string, string] => [
+    const plans = [...this.#plans].flatMap(([key, byLayout]) =>
+      [...byLayout].map(([layout, p]): [string, Plan] => [
         layout === null ? key : `${key} blocked`,
-        p.implementation,
+        p,
       ])
     );
+    for (const [key, byLayout] of this.#pools) {
+      for (const [layout, pool] of byLayout) {
+        if (pool === null) continue;
+        const name = `max pool ${key}${layout === null ? "" : " blocked"}`;
+        plans.push([name, pool.training], [`${name} backward`, pool.backward]);
+      }
+    }
+    return plans.map(([key, p]) => [
+      key,
+      p.singleThreaded ? `${p.implementation}, 1 thread` : p.implementation,
+    ]);
   }
 
   batchNormForwardTraining(
@@ -329,7 +357,7 @@ export class DnnlOps {
     const key = `bn ${inference ? "inference" : "training"} ${
       bnDims(d)
     } ${d.eps} ${scale} ${shift}${relu ? " relu" : ""}`;
-    return this.#cached(key, layout, () => {
+    return this.#cached(key, layout, bnElements(d), () => {
       const dn = this.#dnnl;
       const data = this.#dataMd(d, layout);
       const stat = dn.memoryDesc([d.c], plainTag(1));
@@ -366,7 +394,7 @@ export class DnnlOps {
     layout: BlockedLayout | null,
   ): Plan {
     const key = `bn backward ${bnDims(d)} ${d.eps} ${scale} ${shift} ${diffs}`;
-    return this.#cached(key, layout, () => {
+    return this.#cached(key, layout, bnElements(d), () => {
       const dn = this.#dnnl;
       const data = this.#dataMd(d, layout);
       const stat = dn.memoryDesc([d.c], plainTag(1));
@@ -402,7 +430,7 @@ export class DnnlOps {
   }
 
   #addPlan(length: number): Plan {
-    return this.#cached(`add ${length}`, null, () => {
+    return this.#cached(`add ${length}`, null, length, () => {
       const dn = this.#dnnl;
       const data = dn.memoryDesc([length], plainTag(1));
       const pd = dn.primitiveDesc(
@@ -432,13 +460,20 @@ export class DnnlOps {
     }
     let plan = byLayout.get(layout);
     if (plan === undefined) {
-      plan = this.#buildPool(d, layout);
+      const elements = d.n * d.c * d.h * d.w;
+      plan = elements <= SMALL_OP
+        ? singleThreaded(() => this.#buildPool(d, layout, true))
+        : this.#buildPool(d, layout, false);
       byLayout.set(layout, plan);
     }
     return plan;
   }
 
-  #buildPool(d: PoolDesc, layout: BlockedLayout | null): PoolPlan | null {
+  #buildPool(
+    d: PoolDesc,
+    layout: BlockedLayout | null,
+    small: boolean,
+  ): PoolPlan | null {
     const dn = this.#dnnl;
     const yDims = [d.n, d.c, d.oh, d.ow];
     const src = layout?.md ?? dn.memoryDesc([d.n, d.c, d.h, d.w], plainTag(4));
@@ -473,17 +508,21 @@ export class DnnlOps {
       "max pooling backward",
     );
     return {
-      inference: this.#plan(inferencePd, [[ARG.src, src], [ARG.dst, chosen]]),
+      inference: this.#plan(
+        inferencePd,
+        [[ARG.src, src], [ARG.dst, chosen]],
+        small,
+      ),
       training: this.#plan(trainingPd, [
         [ARG.src, src],
         [ARG.dst, chosen],
         [ARG.workspace, wsMd],
-      ]),
+      ], small),
       backward: this.#plan(backwardPd, [
         [ARG.diffDst, chosen],
         [ARG.workspace, wsMd],
         [ARG.diffSrc, src],
-      ]),
+      ], small),
       outputLayout,
     };
   }
@@ -503,10 +542,14 @@ export class DnnlOps {
     return layout.md;
   }
 
-  /** The plan under `key` (and the layout), built on first use. */
+  /**
+   * The plan under `key` (and the layout), built on first use: on one
+   * OpenMP thread when its data has at most SMALL_OP `elements`.
+   */
   #cached(
     key: string,
     layout: BlockedLayout | null,
+    elements: number,
     build: () => Plan,
   ): Plan {
     let plans = this.#plans.get(key);
@@ -516,14 +559,18 @@ export class DnnlOps {
     }
     let plan = plans.get(layout);
     if (plan === undefined) {
-      plan = build();
+      plan = onThreads(elements, build);
       plans.set(layout, plan);
     }
     return plan;
   }
 
   /** Memory objects for each operand, and a scratchpad if one is wanted. */
-  #plan(pd: Handle, operands: [number, Uint8Array][]): Plan {
+  #plan(
+    pd: Handle,
+    operands: [number, Uint8Array][],
+    singleThreaded = false,
+  ): Plan {
     const dn = this.#dnnl;
     const memories = operands.map(([, md]) => dn.memory(md));
     const pairs: [number, Handle][] = operands.map((
@@ -550,6 +597,7 @@ export class DnnlOps {
         ) / 4,
       ),
       implementation: dn.implementation(pd),
+      singleThreaded,
     };
   }
 
@@ -563,6 +611,8 @@ export class DnnlOps {
       const sp = this.#scratch(plan.scratchpadLength);
       dn.setData(plan.scratchpad, Deno.UnsafePointer.of(sp));
     }
-    dn.execute(plan.primitive, plan.args);
+    if (plan.singleThreaded) {
+      singleThreaded(() => dn.execute(plan.primitive, plan.args));
+    } else dn.execute(plan.primitive, plan.args);
   }
 }

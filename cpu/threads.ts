@@ -13,8 +13,9 @@
  * than they save, and much more when another process holds a core: a
  * thread that is not scheduled holds up the whole call for a time slice
  * (a tiny network's step took 4.7 s on two BLAS threads against 0.1 s on
- * one while another job held a core). GEMMs below `SMALL_GEMM` therefore
- * run on one thread.
+ * one while another job held a core). GEMMs below `SMALL_GEMM` and
+ * oneDNN's memory-bound ops up to `SMALL_OP` elements therefore run on one
+ * thread.
  *
  * @module
  */
@@ -42,4 +43,50 @@ export function requestedThreads(): number | null {
     return n;
   }
   return null;
+}
+
+/**
+ * Elements (1 MB of float32) up to which oneDNN's memory-bound ops (batch
+ * norm, sums, pooling) run on one OpenMP thread: about 0.1 ms of work,
+ * where waking a second thread gains nothing, and where each of their
+ * barriers would wait a time slice for a thread that another process has
+ * taken (the demo's projector batch norms, 16 K elements, took 19 ms a
+ * call on two threads while another run held both cores). The choice
+ * follows the shape alone, so a shape's results have the same bits on
+ * every call and every run.
+ */
+export const SMALL_OP = 1 << 18;
+
+const gompSymbols = {
+  omp_set_num_threads: { parameters: ["i32"], result: "void" },
+  omp_get_max_threads: { parameters: [], result: "i32" },
+} as const;
+
+/** libgomp (Debian's oneDNN's OpenMP runtime), or null where it is not found. */
+let gomp:
+  | Deno.DynamicLibrary<typeof gompSymbols>["symbols"]
+  | null
+  | undefined;
+
+/**
+ * Runs `fn` with OpenMP's thread count at 1 on this thread (oneDNN reads it
+ * when a primitive is built and when it runs), then restores it. Where
+ * libgomp cannot be opened, `fn` runs as it is.
+ */
+export function singleThreaded<T>(fn: () => T): T {
+  if (gomp === undefined) {
+    try {
+      gomp = Deno.dlopen("libgomp.so.1", gompSymbols).symbols;
+    } catch {
+      gomp = null;
+    }
+  }
+  const threads = gomp === null ? 1 : gomp.omp_get_max_threads();
+  if (threads <= 1) return fn();
+  gomp!.omp_set_num_threads(1);
+  try {
+    return fn();
+  } finally {
+    gomp!.omp_set_num_threads(threads);
+  }
 }

@@ -381,3 +381,59 @@ Deno.test("max pooling keeps NaN and -Inf as PyTorch does, on oneDNN's machines 
   be.maxPoolBackward({ x, y, dy, dx, desc: d });
   assert.deepEqual([...be.read(dx)], [0, 1, 2, 0, 0, 0, 0, 0]);
 });
+
+Deno.test(
+  `oneDNN's small batch norms, sums and poolings run on one OpenMP thread, the large ones on all, and the count is restored${skipped}`,
+  { ignore: lib === null },
+  async () => {
+    // In a child with two threads, so the choice is visible on any machine.
+    const url = (p: string) => new URL(p, import.meta.url).href;
+    const code = `import { DnnlOps } from "${url("../cpu/dnnl_ops.ts")}";
+    import { tryDnnl } from "${url("../cpu/dnnl.ts")}";
+    import { Scratch } from "${url("../cpu/allocator.ts")}";
+    import { Layouts } from "${url("../cpu/layout.ts")}";
+    import { SMALL_OP, singleThreaded } from "${url("../cpu/threads.ts")}";
+    const gomp = Deno.dlopen("libgomp.so.1", {
+      omp_get_max_threads: { parameters: [], result: "i32" },
+    }).symbols;
+    const scratch = new Scratch();
+    const ops = new DnnlOps(tryDnnl(), (n) => scratch.get(n), new Layouts(tryDnnl()));
+    const before = gomp.omp_get_max_threads();
+    const inside = singleThreaded(() => gomp.omp_get_max_threads());
+    for (const size of [SMALL_OP, SMALL_OP + 16]) {
+      const c = 16, spatial = size / c;
+      const x = new Float32Array(size).fill(1), y = new Float32Array(size);
+      const m = new Float32Array(c), s = new Float32Array(c);
+      ops.batchNormForwardTraining(x, y, null, null, null, null, m, s, { n: 1, c, spatial, eps: 1e-5, momentum: 0.1 });
+      ops.add(x, x, y, size);
+    }
+    // 16 x 128 x 128 is SMALL_OP elements, 16 x 130 x 130 more.
+    for (const side of [128, 130]) {
+      const x = new Float32Array(16 * side * side), o = side / 2;
+      const d = { n: 1, c: 16, h: side, w: side, kh: 2, kw: 2, strideH: 2, strideW: 2, padH: 0, padW: 0, oh: o, ow: o };
+      ops.maxPoolForward(x, new Float32Array(16 * o * o), d, null);
+    }
+    const kinds = ops.implementations().map(([key, impl]) =>
+      key.split(" ")[0] + ": " + impl.endsWith(", 1 thread"));
+    console.log(JSON.stringify({ before, inside, after: gomp.omp_get_max_threads(), kinds }));`;
+    const out = JSON.parse(
+      (await runWith({ MEC_THREADS: "2" }, code)).stdout.trim(),
+    );
+    assert.deepEqual(
+      { before: out.before, inside: out.inside, after: out.after },
+      { before: 2, inside: 1, after: 2 },
+    );
+    // Built in this order: batch norm and sum of SMALL_OP elements, then
+    // of 16 more; max pooling's forward and backward, small, then large.
+    assert.deepEqual(out.kinds, [
+      "bn: true",
+      "add: true",
+      "bn: false",
+      "add: false",
+      "max: true",
+      "max: true",
+      "max: false",
+      "max: false",
+    ]);
+  },
+);
