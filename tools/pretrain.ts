@@ -227,7 +227,7 @@ export async function pretrain(
         describeArch(args)
       } on the first ${
         splits.pretrain.length.toLocaleString("en-US")
-      } training images of ${splits.description} at ${args.imageSize} px for ${args.epochs} epochs (2 to 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
+      } training images of ${splits.description} at ${args.imageSize} px for ${args.epochs} epochs (5 to 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
     );
   }
 
