@@ -81,11 +81,14 @@ function bnElements(d: BatchNormDesc): number {
   return d.n * d.c * d.spatial;
 }
 
-/** `build` on one OpenMP thread for a small shape, else on all. */
-function onThreads(elements: number, build: () => Plan): Plan {
+/**
+ * `build(small)` on one OpenMP thread for a shape of at most SMALL_OP
+ * elements (small), else on all.
+ */
+function onThreads<T>(elements: number, build: (small: boolean) => T): T {
   return elements <= SMALL_OP
-    ? { ...singleThreaded(build), singleThreaded: true }
-    : build();
+    ? singleThreaded(() => build(true))
+    : build(false);
 }
 
 function bnFlags(scale: boolean, shift: boolean): number {
@@ -460,10 +463,10 @@ export class DnnlOps {
     }
     let plan = byLayout.get(layout);
     if (plan === undefined) {
-      const elements = d.n * d.c * d.h * d.w;
-      plan = elements <= SMALL_OP
-        ? singleThreaded(() => this.#buildPool(d, layout, true))
-        : this.#buildPool(d, layout, false);
+      plan = onThreads(
+        d.n * d.c * d.h * d.w,
+        (small) => this.#buildPool(d, layout, small),
+      );
       byLayout.set(layout, plan);
     }
     return plan;
@@ -559,7 +562,10 @@ export class DnnlOps {
     }
     let plan = plans.get(layout);
     if (plan === undefined) {
-      plan = onThreads(elements, build);
+      plan = onThreads(elements, (small) => ({
+        ...build(),
+        singleThreaded: small,
+      }));
       plans.set(layout, plan);
     }
     return plan;
