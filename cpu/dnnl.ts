@@ -87,6 +87,14 @@ const symbols = {
     parameters: ["buffer", "i32", "buffer", "buffer", "buffer"],
     result: "i32",
   },
+  dnnl_eltwise_forward_desc_init: {
+    parameters: ["buffer", "i32", "i32", "buffer", "f32", "f32"],
+    result: "i32",
+  },
+  dnnl_eltwise_backward_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "f32", "f32"],
+    result: "i32",
+  },
   dnnl_pooling_forward_desc_init: {
     parameters: [
       "buffer",
@@ -171,7 +179,12 @@ export const PROP = {
 /** Plain row-major order for 1 to 4 dimensions (dnnl_a .. dnnl_abcd). */
 export const plainTag = (ndims: number): number => ndims + 1;
 /** Algorithm kinds (dnnl_alg_kind_t). */
-export const ALG = { binaryAdd: 0x1fff0, poolingMax: 0x1ff } as const;
+export const ALG = {
+  eltwiseRelu: 0x1f,
+  eltwiseReluUseDst: 0x100,
+  binaryAdd: 0x1fff0,
+  poolingMax: 0x1ff,
+} as const;
 /** Batch normalisation flags (dnnl_normalization_flags_t). */
 export const BNORM = {
   globalStats: 0x1,
@@ -432,6 +445,34 @@ export class Dnnl {
       this.#s.dnnl_binary_desc_init(desc, alg, src0, src1, dst),
       "dnnl_binary_desc_init",
     );
+    return desc;
+  }
+
+  /**
+   * An elementwise descriptor: forward (`prop` forward training or
+   * inference) on `data`, or with `diff` (the gradients' layout) backward.
+   */
+  eltwiseDesc(
+    prop: number,
+    alg: number,
+    data: Uint8Array,
+    alpha: number,
+    beta: number,
+    diff?: Uint8Array,
+  ): Uint8Array {
+    const desc = new Uint8Array(OP_DESC_BYTES);
+    const s = this.#s;
+    if (diff === undefined) {
+      this.check(
+        s.dnnl_eltwise_forward_desc_init(desc, prop, alg, data, alpha, beta),
+        "dnnl_eltwise_forward_desc_init",
+      );
+    } else {
+      this.check(
+        s.dnnl_eltwise_backward_desc_init(desc, alg, diff, data, alpha, beta),
+        "dnnl_eltwise_backward_desc_init",
+      );
+    }
     return desc;
   }
 

@@ -339,6 +339,29 @@ export class DnnlOps {
     this.#run(this.#addPlan(length), [a, b, c]);
   }
 
+  /**
+   * y = max(x, 0) over `length` elements (y may be x), for finite x only:
+   * oneDNN's ReLU turns NaN and -Inf into 0 (the caller checks).
+   */
+  reluForward(x: Float32Array, y: Float32Array, length: number): void {
+    this.#run(this.#reluPlan(length, false), [x, y]);
+  }
+
+  /**
+   * dx = dy where y > 0, else 0, over `length` elements, for finite dy
+   * only: oneDNN multiplies dy by 0 or 1, so a NaN or infinite dy where
+   * y = 0 would come out NaN (the caller checks), and a negative one -0
+   * where the TypeScript kernel writes +0, the same number.
+   */
+  reluBackward(
+    y: Float32Array,
+    dy: Float32Array,
+    dx: Float32Array,
+    length: number,
+  ): void {
+    this.#run(this.#reluPlan(length, true), [y, dy, dx]);
+  }
+
   #channelTemp(c: number): Float32Array {
     if (this.#channels.length < c) this.#channels = new Float32Array(c);
     return this.#channels;
@@ -445,6 +468,42 @@ export class DnnlOps {
         [ARG.src, data],
         [ARG.src1, data],
         [ARG.dst, data],
+      ]);
+    });
+  }
+
+  /**
+   * ReLU over a flat run of `length` elements: the op is elementwise, so
+   * one plan serves every layout. The backward reads the forward's output.
+   */
+  #reluPlan(length: number, backward: boolean): Plan {
+    const key = `relu${backward ? " backward" : ""} ${length}`;
+    return this.#cached(key, null, length, () => {
+      const dn = this.#dnnl;
+      const data = dn.memoryDesc([length], plainTag(1));
+      if (!backward) {
+        const pd = dn.primitiveDesc(
+          dn.eltwiseDesc(PROP.forwardInference, ALG.eltwiseRelu, data, 0, 0),
+          null,
+          "relu forward",
+        );
+        return this.#plan(pd, [[ARG.src, data], [ARG.dst, data]]);
+      }
+      const alg = ALG.eltwiseReluUseDst;
+      const hint = dn.primitiveDesc(
+        dn.eltwiseDesc(PROP.forwardTraining, alg, data, 0, 0),
+        null,
+        "relu forward",
+      );
+      const pd = dn.primitiveDesc(
+        dn.eltwiseDesc(PROP.backward, alg, data, 0, 0, data),
+        hint,
+        "relu backward",
+      );
+      return this.#plan(pd, [
+        [ARG.dst, data],
+        [ARG.diffDst, data],
+        [ARG.diffSrc, data],
       ]);
     });
   }

@@ -271,8 +271,10 @@ export function reluForward(
   length: number,
 ): void {
   // Branchless: a data-dependent branch mispredicts on random signs.
+  // (v + |v|) / 2 is exact in float64 and keeps NaN; -Inf, where it would
+  // be -Inf + Inf = NaN, is first raised to the lowest finite float32.
   for (let i = 0; i < length; i++) {
-    const v = x[i];
+    const v = Math.max(x[i], -3.4028234663852886e38);
     y[i] = (v + Math.abs(v)) * 0.5;
   }
 }
@@ -290,16 +292,6 @@ export function reluBackward(
   const dyb = bits(dy);
   const dxb = bits(dx);
   for (let i = 0; i < length; i++) dxb[i] = dyb[i] & (-yb[i] >> 31);
-}
-
-/** Whether any element is NaN or -Inf. */
-export function hasNaNOrNegInf(x: Float32Array): boolean {
-  for (let i = 0; i < x.length; i++) {
-    const v = x[i];
-    // NaN is not equal to itself; -Inf is the one value below -FLT_MAX.
-    if (!(v >= -3.4028234663852886e38)) return true;
-  }
-  return false;
 }
 
 /** The same memory seen as 32-bit integers. */

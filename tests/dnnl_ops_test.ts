@@ -1,6 +1,7 @@
 import type { BatchNormDesc } from "../nn/backend.ts";
 import { Scratch } from "../cpu/allocator.ts";
 import * as bn from "../cpu/batchnorm.ts";
+import * as ew from "../cpu/elementwise.ts";
 import * as pool from "../cpu/pool.ts";
 import { tryDnnl } from "../cpu/dnnl.ts";
 import { DnnlOps } from "../cpu/dnnl_ops.ts";
@@ -241,6 +242,91 @@ Deno.test("a NaN survives the ResNets' ReLUs and sums, so a diverged run is caug
   });
   assert.deepEqual([...be.read(x)], [NaN, 0, 4, 0]);
 });
+
+/** The first index where a and b differ as numbers (-0 = +0), or -1. */
+function firstDifference(a: Float32Array, b: Float32Array): number {
+  for (let i = 0; i < a.length; i++) {
+    if (!(a[i] === b[i] || (Number.isNaN(a[i]) && Number.isNaN(b[i])))) {
+      return i;
+    }
+  }
+  return a.length === b.length ? -1 : a.length;
+}
+
+Deno.test(
+  `ReLU on oneDNN gives the TypeScript kernel's values, and keeps NaN and maps -Inf to 0 as PyTorch does, forward and backward${skipped}`,
+  { ignore: lib === null },
+  () => {
+    const be = new CpuBackend();
+    // Above SMALL_OP (the threaded plan) and not a multiple of a vector.
+    const n = 300_005;
+    const input = values(n, -1, 1);
+    input[7] = 0;
+    input[8] = -0;
+    const grads = values(n, -1, 1);
+    const [x, y, dy, dx] = [be.alloc(n), be.alloc(n), be.alloc(n), be.alloc(n)];
+    const relu = (data: Float32Array) => {
+      be.write(x, data);
+      be.reluForward({ x, y, length: n });
+      return be.read(y);
+    };
+    const reluGrad = (out: Float32Array, g: Float32Array) => {
+      be.write(y, out);
+      be.write(dy, g);
+      be.reluBackward({ y, dy, dx, length: n });
+      return be.read(dx);
+    };
+    const ref = new Float32Array(n);
+    ew.reluForward(input, ref, n);
+    const out = relu(input);
+    // The same bits: +0 for -0 and for every negative value.
+    assert.deepEqual(
+      new Int32Array(out.buffer).findIndex((b, i) =>
+        b !== new Int32Array(ref.buffer)[i]
+      ),
+      -1,
+    );
+    const refGrad = new Float32Array(n);
+    ew.reluBackward(ref, grads, refGrad, n);
+    assert.equal(firstDifference(reluGrad(ref, grads), refGrad), -1);
+    assert.ok(
+      be.dnnlOps!.implementations().some(([key]) => key.startsWith("relu")),
+    );
+
+    // A value that is not finite, at the start, in the middle and at the
+    // end, falls back to the kernel that keeps PyTorch's answers.
+    for (const at of [0, n >> 1, n - 1]) {
+      for (
+        const [bad, want] of [[NaN, NaN], [-Infinity, 0], [Infinity, Infinity]]
+      ) {
+        const data = input.slice();
+        data[at] = bad;
+        const expected = ref.slice();
+        expected[at] = want;
+        assert.equal(
+          firstDifference(relu(data), expected),
+          -1,
+          `${bad} at ${at}`,
+        );
+        // A NaN or infinite gradient where the output is 0 gives 0; where
+        // it is positive it passes.
+        for (const yAt of [0, 1]) {
+          const outs = ref.slice();
+          outs[at] = yAt;
+          const g = grads.slice();
+          g[at] = bad;
+          const wantGrad = refGrad.slice();
+          wantGrad[at] = yAt === 0 ? 0 : bad;
+          assert.equal(
+            firstDifference(reluGrad(outs, g), wantGrad),
+            -1,
+            `gradient ${bad} at ${at}, output ${yAt}`,
+          );
+        }
+      }
+    }
+  },
+);
 
 Deno.test("MEC_KERNELS=ts keeps oneDNN out of batch norm and sums, and rejects other values", async () => {
   const backend = new URL("../cpu/backend.ts", import.meta.url).href;

@@ -9,6 +9,7 @@ import {
   relu,
   sub,
   sum,
+  tensor,
   zeros,
 } from "../mod.ts";
 import { assertThrows } from "./assert.ts";
@@ -171,6 +172,17 @@ Deno.test("relu() matches max(x, 0) and its gradient away from 0", () => {
     op: relu,
     ref: (t) => t.map((v) => Math.max(v, 0)),
   });
+});
+
+Deno.test("relu() is 0 at -Infinity and keeps NaN, Infinity and the sign of nothing else", () => {
+  const x = tensor(Float32Array.of(-Infinity, NaN, Infinity, -0, -2, 3), [6]);
+  const y = [...relu(x).toArray()];
+  if (!Object.is(y[0], 0) || !Number.isNaN(y[1]) || y[2] !== Infinity) {
+    throw new Error(`relu gave ${y}`);
+  }
+  if (!Object.is(y[3], 0) || !Object.is(y[4], 0) || y[5] !== 3) {
+    throw new Error(`relu gave ${y}`);
+  }
 });
 
 Deno.test("elementwise ops name the op and the shapes when they cannot broadcast", () => {

@@ -1,5 +1,5 @@
 import type { DataBuffer } from "../nn/backend.ts";
-import { CpuBackend, CpuBuffer } from "../cpu/backend.ts";
+import { CpuBackend, type CpuBuffer } from "../cpu/backend.ts";
 import type { BlockedLayout } from "../cpu/layout.ts";
 import { tryDnnl } from "../cpu/dnnl.ts";
 import {
