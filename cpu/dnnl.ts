@@ -95,6 +95,10 @@ const symbols = {
     parameters: ["buffer", "i32", "buffer", "buffer", "f32", "f32"],
     result: "i32",
   },
+  dnnl_reduction_desc_init: {
+    parameters: ["buffer", "i32", "buffer", "buffer", "f32", "f32"],
+    result: "i32",
+  },
   dnnl_pooling_forward_desc_init: {
     parameters: [
       "buffer",
@@ -184,6 +188,8 @@ export const ALG = {
   eltwiseReluUseDst: 0x100,
   binaryAdd: 0x1fff0,
   poolingMax: 0x1ff,
+  reductionSum: 0x2fff4,
+  reductionMean: 0x2fff6,
 } as const;
 /** Batch normalisation flags (dnnl_normalization_flags_t). */
 export const BNORM = {
@@ -473,6 +479,16 @@ export class Dnnl {
         "dnnl_eltwise_backward_desc_init",
       );
     }
+    return desc;
+  }
+
+  /** A reduction descriptor: dst = alg over the dims where dst's are 1. */
+  reductionDesc(alg: number, src: Uint8Array, dst: Uint8Array): Uint8Array {
+    const desc = new Uint8Array(OP_DESC_BYTES);
+    this.check(
+      this.#s.dnnl_reduction_desc_init(desc, alg, src, dst, 0, 0),
+      "dnnl_reduction_desc_init",
+    );
     return desc;
   }
 

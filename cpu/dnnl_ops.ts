@@ -1,14 +1,16 @@
 /**
  * The memory-bound ops of a training step on oneDNN's primitives: batch
  * normalisation (training and inference forward, backward; with the ReLU
- * after it in training), max pooling and the sum of two tensors. The
- * TypeScript kernels stay the fallback and the reference.
+ * after it in training, forward and backward in one pass each), ReLU,
+ * max pooling, the sum of two tensors and sums over rows. The TypeScript
+ * kernels stay the fallback and the reference.
  *
- * ReLU stays on the TypeScript kernel: oneDNN's (forward, backward, and as
- * a post-op of the sum) turns NaN into 0, where PyTorch's keeps it, and a
- * NaN that vanished inside the network would hide a diverged run from the
- * non-finite loss check. Inside a batch norm it is used with a check that
- * brings the NaN back (batchNormForwardTraining).
+ * oneDNN's ReLU turns NaN and -Inf into 0 (and in its backward, a NaN or
+ * infinite gradient where y = 0 into NaN), where PyTorch's keeps the NaN,
+ * and a NaN that vanished inside the network would hide a diverged run
+ * from the non-finite loss check. The backend runs it only on operands it
+ * has checked to be finite (backend.ts); inside a batch norm a check of
+ * the statistics brings the NaN back (batchNormForwardTraining).
  *
  * Operands are in the layout the backend holds them in: NCHW (or a flat
  * run of elements), or the blocked layout a convolution left (layout.ts),
@@ -130,7 +132,7 @@ export class DnnlOps {
   /** Max pooling's backward: the forward's output and workspace, again. */
   readonly #poolOutput = new ScratchArray();
   readonly #poolWorkspace = new ScratchArray();
-  /** The fused ReLU's mask, written and not read. */
+  /** The fused ReLU's mask where no reserve keeps it for a backward. */
   readonly #bnWorkspace = new ScratchArray();
   /** Max pooling plans (three primitives each), per shape and layout. */
   readonly #pools = new Map<
@@ -236,6 +238,7 @@ export class DnnlOps {
     d: BatchNormDesc,
     layout: BlockedLayout | null = null,
     relu = false,
+    reserve: Float32Array | null = null,
   ): boolean {
     const variance = this.#channelTemp(d.c);
     const run = (fuse: boolean) => {
@@ -250,7 +253,14 @@ export class DnnlOps {
       const arrays = [x, y, saveMean, variance];
       if (gamma) arrays.push(gamma);
       if (beta) arrays.push(beta);
-      if (fuse) arrays.push(this.#bnWorkspace.get(plan.workspaceLength));
+      if (fuse) {
+        if (reserve !== null && reserve.length < plan.workspaceLength) {
+          throw new RangeError(
+            `batch norm + ReLU: a reserve of ${reserve.length} elements, ${plan.workspaceLength} needed`,
+          );
+        }
+        arrays.push(reserve ?? this.#bnWorkspace.get(plan.workspaceLength));
+      }
       this.#run(plan, arrays);
     };
     // The ReLU inside the batch norm on blocked data only: the plain-layout
@@ -278,6 +288,17 @@ export class DnnlOps {
       }
     }
     return fused;
+  }
+
+  /**
+   * Elements of the reserve a training forward with the ReLU fills on
+   * data in `layout` (the ReLU's mask, a bit per element), or 0 where it
+   * would not fuse (plain data).
+   */
+  batchNormReluReserve(d: BatchNormDesc, layout: BlockedLayout | null): number {
+    if (layout === null) return 0;
+    return this.#bnForwardPlan(d, true, true, false, layout, true)
+      .workspaceLength;
   }
 
   batchNormForwardInference(
@@ -315,6 +336,7 @@ export class DnnlOps {
     saveInvStd: Float32Array,
     d: BatchNormDesc,
     layout: BlockedLayout | null = null,
+    reluMask: Float32Array | null = null,
   ): void {
     const variance = this.#channelTemp(d.c);
     for (let ch = 0; ch < d.c; ch++) {
@@ -323,8 +345,10 @@ export class DnnlOps {
     }
     const scale = gamma !== null;
     const diffs = dGamma !== null || dBeta !== null;
-    const plan = this.#bnBackwardPlan(d, scale, beta, diffs, layout);
+    const relu = reluMask !== null;
+    const plan = this.#bnBackwardPlan(d, scale, beta, diffs, layout, relu);
     const arrays = [x, dy, dx, saveMean, variance];
+    if (reluMask !== null) arrays.push(reluMask);
     if (gamma) arrays.push(gamma);
     if (diffs && beta) arrays.push(this.#channelTemp2(d.c));
     // The primitive writes the gradients of every parameter it has; a
@@ -337,6 +361,22 @@ export class DnnlOps {
   /** c = a + b over `length` elements (c may be a or b). */
   add(a: Float32Array, b: Float32Array, c: Float32Array, length: number): void {
     this.#run(this.#addPlan(length), [a, b, c]);
+  }
+
+  /**
+   * y[i] = the sum (or with `mean`, the mean) of row i of x, `rows` rows
+   * of `length` elements, plain: a global average pooling. oneDNN's
+   * reduction runs blocked data on its reference loops, 100 times as
+   * slowly, so it is given plain data only.
+   */
+  rowSums(
+    x: Float32Array,
+    y: Float32Array,
+    rows: number,
+    length: number,
+    mean: boolean,
+  ): void {
+    this.#run(this.#rowsPlan(rows, length, mean), [x, y]);
   }
 
   /**
@@ -404,7 +444,7 @@ export class DnnlOps {
       ];
       if (scale) operands.push([ARG.scale, stat]);
       if (shift) operands.push([ARG.shift, stat]);
-      // The ReLU's mask, for a backward this backend does not use.
+      // The ReLU's mask, which the fused backward reads.
       if (relu) {
         operands.push([ARG.workspace, dn.queryMd(pd, QUERY.workspaceMd)]);
       }
@@ -418,15 +458,19 @@ export class DnnlOps {
     shift: boolean,
     diffs: boolean,
     layout: BlockedLayout | null,
+    relu = false,
   ): Plan {
-    const key = `bn backward ${bnDims(d)} ${d.eps} ${scale} ${shift} ${diffs}`;
+    const key = `bn backward ${bnDims(d)} ${d.eps} ${scale} ${shift} ${diffs}${
+      relu ? " relu" : ""
+    }`;
     return this.#cached(key, layout, bnElements(d), () => {
       const dn = this.#dnnl;
       const data = this.#dataMd(d, layout);
       const stat = dn.memoryDesc([d.c], plainTag(1));
       // The shift changes no gradient but its own: it is declared only when
       // that gradient is computed (and oneDNN then reads it, unused).
-      const flags = bnFlags(scale, diffs && shift);
+      const flags = bnFlags(scale, diffs && shift) |
+        (relu ? BNORM.fuseRelu : 0);
       const hint = dn.primitiveDesc(
         dn.batchNormDesc(PROP.forwardTraining, data, d.eps, flags),
         null,
@@ -447,6 +491,9 @@ export class DnnlOps {
         [ARG.mean, stat],
         [ARG.variance, stat],
       ];
+      if (relu) {
+        operands.push([ARG.workspace, dn.queryMd(pd, QUERY.workspaceMd)]);
+      }
       if (scale) operands.push([ARG.scale, stat]);
       if (diffs && shift) operands.push([ARG.shift, stat]);
       if (diffs && scale) operands.push([ARG.diffScale, stat]);
@@ -469,6 +516,22 @@ export class DnnlOps {
         [ARG.src1, data],
         [ARG.dst, data],
       ]);
+    });
+  }
+
+  #rowsPlan(rows: number, length: number, mean: boolean): Plan {
+    const key = `row ${mean ? "means" : "sums"} ${rows} ${length}`;
+    return this.#cached(key, null, rows * length, () => {
+      const dn = this.#dnnl;
+      const src = dn.memoryDesc([rows, length], plainTag(2));
+      const dst = dn.memoryDesc([rows, 1], plainTag(2));
+      const alg = mean ? ALG.reductionMean : ALG.reductionSum;
+      const pd = dn.primitiveDesc(
+        dn.reductionDesc(alg, src, dst),
+        null,
+        "reduction",
+      );
+      return this.#plan(pd, [[ARG.src, src], [ARG.dst, dst]]);
     });
   }
 

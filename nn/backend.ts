@@ -236,6 +236,11 @@ export interface BatchNormForwardTrainingArgs {
    * op (cudnnBatchNormalizationForwardTrainingEx's BN_ACTIVATION).
    */
   relu?: boolean;
+  /**
+   * With `relu`, where the backend may keep what a fused backward reads
+   * (cuDNN's reserve space): `batchNormReluReserve` elements.
+   */
+  reserve?: DataBuffer | null;
 }
 
 /** `cudnnBatchNormalizationForwardInference`. */
@@ -270,6 +275,12 @@ export interface BatchNormBackwardArgs {
   saveMean: DataBuffer;
   saveInvStd: DataBuffer;
   desc: BatchNormDesc;
+  /**
+   * The forward ran with `relu` and this reserve: dy is the gradient of
+   * the ReLU's output y, and the backward goes through the ReLU first (in
+   * the same pass where the backend can).
+   */
+  relu?: { y: DataBuffer; reserve: DataBuffer };
 }
 
 /** An elementwise function `y = f(x)` over `length` elements. */
@@ -594,6 +605,12 @@ export interface Backend {
   batchNormForwardInference(args: BatchNormForwardInferenceArgs): void;
   /** Gradients of the training-mode forward; null outputs are skipped. */
   batchNormBackward(args: BatchNormBackwardArgs): void;
+  /**
+   * Elements of the reserve a training forward with `relu` on x may fill
+   * for a backward that applies the ReLU's gradient in its own pass; 0 (or
+   * no method) where the backend has no such backward.
+   */
+  batchNormReluReserve?(x: DataBuffer, desc: BatchNormDesc): number;
 
   // --- activation and pooling (cudnnActivation*, cudnnPooling*) --------------
   /** y = max(x, 0). */

@@ -51,7 +51,7 @@ export type ProfileKind = typeof PROFILE_KINDS[number];
 /** The backend's methods that do work (everything but name and settings). */
 type OpName = Exclude<
   keyof Backend,
-  "name" | "configure" | "synchronize" | "memory"
+  "name" | "configure" | "synchronize" | "memory" | "batchNormReluReserve"
 >;
 
 /** The kind of each op; a new op in the interface must be given one here. */

@@ -328,6 +328,42 @@ Deno.test(
   },
 );
 
+Deno.test(
+  `sums and means over the last dimension run on oneDNN's reduction and match a float64 reference${skipped}`,
+  { ignore: lib === null },
+  () => {
+    const be = new CpuBackend();
+    // Rows long enough for oneDNN, at two sizes: one thread and all.
+    for (const [d0, d1, d2] of [[4, 16, 256], [8, 256, 300]]) {
+      const n = d0 * d1 * d2;
+      const data = values(n, -1, 1);
+      const x = be.alloc(n);
+      be.write(x, data);
+      for (const alpha of [1, 1 / d2]) {
+        const y = be.alloc(d0 * d1);
+        be.reduceSum({
+          alpha,
+          x,
+          shape: [d0, d1, d2],
+          beta: 0,
+          y,
+          yShape: [d0, d1, 1],
+        });
+        const want = Array.from({ length: d0 * d1 }, (_, r) => {
+          let sum = 0;
+          for (let j = 0; j < d2; j++) sum += data[r * d2 + j];
+          return alpha * sum;
+        });
+        assertClose(be.read(y), want, `${d0}x${d1}x${d2} alpha ${alpha}`);
+      }
+    }
+    const kinds = be.dnnlOps!.implementations().filter(([key]) =>
+      key.startsWith("row")
+    );
+    assert.equal(kinds.length, 4);
+  },
+);
+
 Deno.test("MEC_KERNELS=ts keeps oneDNN out of batch norm and sums, and rejects other values", async () => {
   const backend = new URL("../cpu/backend.ts", import.meta.url).href;
   const code = `import { CpuBackend } from "${backend}";

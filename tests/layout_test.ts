@@ -5,9 +5,12 @@ import { tryDnnl } from "../cpu/dnnl.ts";
 import {
   batchNorm,
   conv2d,
+  device,
   Generator,
+  mul,
   randn,
   relu,
+  sum,
   type Tensor,
   tensor,
 } from "../mod.ts";
@@ -287,6 +290,52 @@ Deno.test(
         );
       }
     }
+  },
+);
+
+Deno.test(
+  `batch norm + ReLU's fused backward gives batch norm then ReLU's gradients, also when its input was made plain in between${skipped}`,
+  {
+    ignore: lib === null,
+  },
+  () => {
+    const g = new Generator(8);
+    const x = randn([4, 16, 8, 8], g, { requiresGrad: true });
+    const w = randn([16, 16, 3, 3], g, { requiresGrad: true });
+    const gamma = randn([16], g, { requiresGrad: true });
+    const beta = randn([16], g, { requiresGrad: true });
+    const weights = randn([4, 16, 8, 8], g);
+    const gradients = (fused: boolean, readBetween: boolean) => {
+      const y = conv2d(x, w, null, { padding: 1 });
+      assert.ok((y.buffer as CpuBuffer).layout !== null, "the path under test");
+      const opts = { weight: gamma, bias: beta, training: true };
+      const out = fused
+        ? batchNorm(y, { ...opts, relu: true })
+        : relu(batchNorm(y, opts));
+      // Reading the saved input back makes it plain in place.
+      if (readBetween) y.toArray();
+      sum(mul(out, weights)).backward();
+      const grads = [x, w, gamma, beta].map((t) => {
+        const a = t.grad!.toArray();
+        t.grad = null;
+        return a;
+      });
+      return grads;
+    };
+    const want = gradients(false, false);
+    for (const readBetween of [false, true]) {
+      const got = gradients(true, readBetween);
+      ["x", "w", "gamma", "beta"].forEach((name, i) =>
+        assertClose(got[i], want[i], `${name}, read between: ${readBetween}`)
+      );
+    }
+    const ops = (device("cpu") as CpuBackend).dnnlOps!;
+    assert.ok(
+      ops.implementations().some(([key]) =>
+        key.startsWith("bn backward") && key.includes("relu")
+      ),
+      "the fused backward ran",
+    );
   },
 );
 

@@ -5,7 +5,7 @@
  */
 
 import type { BatchNormDesc } from "../backend.ts";
-import { formatShape, recordGrad, Tensor } from "../tensor.ts";
+import { formatShape, needsGrad, recordGrad, Tensor } from "../tensor.ts";
 import { reluGrad, reluInPlace } from "./activation.ts";
 import { backendOf, expectRank } from "./util.ts";
 
@@ -90,6 +90,15 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
     }
     const saveMean = Tensor.empty(backend, [c]);
     const saveInvStd = Tensor.empty(backend, [c]);
+    const relu = opts.relu ?? false;
+    // Where the backend can take the ReLU's gradient inside the batch
+    // norm's backward, the mask it needs for that, kept for the backward.
+    const reserveLength = relu && needsGrad(inputs)
+      ? backend.batchNormReluReserve?.(x.buffer, d) ?? 0
+      : 0;
+    const reserve = reserveLength > 0
+      ? Tensor.empty(backend, [reserveLength])
+      : null;
     backend.batchNormForwardTraining({
       x: x.buffer,
       y: out.buffer,
@@ -100,18 +109,20 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
       saveMean: saveMean.buffer,
       saveInvStd: saveInvStd.buffer,
       desc: d,
-      relu: opts.relu ?? false,
+      relu,
+      reserve: reserve?.buffer ?? null,
     });
     // The input and the batch statistics: the output is not needed (it may
     // be overwritten by an in-place ReLU), nor a normalised copy. With the
-    // ReLU, its output: where it is positive is the ReLU's gradient.
-    const relu = opts.relu ?? false;
+    // ReLU, its output: where it is positive is the ReLU's gradient; and
+    // the reserve, where the backend keeps that as a mask.
     const saved = [
       x,
       saveMean,
       saveInvStd,
       ...(weight ? [weight] : []),
       ...(relu ? [out] : []),
+      ...(reserve ? [reserve] : []),
     ];
     return recordGrad(
       out,
@@ -120,8 +131,11 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
       saved,
       (g, [sx, sm, si, ...rest]) => {
         const sw = weight ? rest[0] : null;
-        // Through the ReLU first: g where the output is positive.
-        const dy = relu ? reluGrad(g, rest.at(-1)!) : g;
+        const sy = relu ? rest[weight ? 1 : 0] : null;
+        const sr = reserve ? rest.at(-1)! : null;
+        // Through the ReLU first, g where the output is positive, unless
+        // the backend does that in the batch norm's pass.
+        const dy = sy && !sr ? reluGrad(g, sy) : g;
         const gx = Tensor.empty(backend, x.shape);
         const gw = weight?.requiresGrad ? Tensor.empty(backend, [c]) : null;
         const gb = bias?.requiresGrad ? Tensor.empty(backend, [c]) : null;
@@ -135,6 +149,7 @@ export function batchNorm(x: Tensor, opts: BatchNormOptions): Tensor {
           saveMean: sm.buffer,
           saveInvStd: si.buffer,
           desc: d,
+          relu: sy && sr ? { y: sy.buffer, reserve: sr.buffer } : undefined,
         });
         if (dy !== g) dy.dispose();
         return withParamGrads(gx, weight, gw, bias, gb);
