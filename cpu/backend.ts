@@ -34,6 +34,7 @@ import type {
   MemoryInfo,
   OpTensorArgs,
   PoolBackwardArgs,
+  PoolDesc,
   PoolForwardArgs,
   ReduceSumArgs,
   ScaleShiftArgs,
@@ -256,6 +257,11 @@ export class CpuBackend implements Backend {
    * is not in it.
    */
   readonly #reluMasks = new WeakMap<CpuBuffer, BlockedLayout>();
+  /**
+   * Reserves that hold a max pooling's maxima (oneDNN's workspace), with
+   * the layout of the input it was made on.
+   */
+  readonly #poolReserves = new WeakMap<CpuBuffer, BlockedLayout | null>();
   /** The implementation chosen per op and shape. */
   #convChoices = new Map<string, "im2col" | "dnnl">();
 
@@ -741,25 +747,63 @@ export class CpuBackend implements Backend {
    * float, above -Inf. The TypeScript kernel (PyTorch's semantics exactly)
    * runs the rest.
    */
-  maxPoolForward({ x, y, desc }: PoolForwardArgs): void {
+  maxPoolForward({ x, y, desc, reserve }: PoolForwardArgs): void {
     const ops = this.#dnnlOps();
+    const kept = reserve ? cpu(reserve) : null;
     if (ops && this.#finite(x)) {
+      const xLayout = channelLayout(x, desc.n, desc.c, desc.h * desc.w);
       const layout = ops.maxPoolForward(
         cpu(x).raw,
         cpu(y).raw,
         desc,
-        channelLayout(x, desc.n, desc.c, desc.h * desc.w),
+        xLayout,
+        kept?.raw ?? null,
       );
       if (layout !== undefined) {
         cpu(y).layout = layout;
+        if (kept !== null) this.#poolReserves.set(kept, xLayout);
         return;
       }
     }
+    if (kept !== null) this.#poolReserves.delete(kept);
     pool.maxPoolForward(host(x), output(y, null), desc);
   }
 
-  maxPoolBackward({ x, y, dy, dx, desc }: PoolBackwardArgs): void {
+  /** oneDNN's workspace for the layout x is in; 0 without oneDNN. */
+  maxPoolReserve(x: DataBuffer, d: PoolDesc): number {
     const ops = this.#dnnlOps();
+    if (!ops) return 0;
+    return ops.maxPoolReserve(d, channelLayout(x, d.n, d.c, d.h * d.w));
+  }
+
+  /**
+   * From the forward's reserve where it holds the maxima's positions: dy
+   * is brought into the forward output's layout and nothing else is read.
+   * Otherwise on oneDNN, which finds the maxima again, when x is finite,
+   * or in TypeScript.
+   */
+  maxPoolBackward({ x, y, dy, dx, desc, reserve }: PoolBackwardArgs): void {
+    const ops = this.#dnnlOps();
+    const kept = reserve ? cpu(reserve) : null;
+    const xLayout = kept === null ? undefined : this.#poolReserves.get(kept);
+    if (ops && kept !== null && xLayout !== undefined) {
+      const yLayout = ops.maxPoolOutputLayout(desc, xLayout);
+      if (yLayout === null) host(dy);
+      else if (yLayout !== undefined) inLayout(dy, yLayout);
+      const layout = ops.maxPoolBackward(
+        cpu(x).raw,
+        cpu(dy).raw,
+        cpu(dx).raw,
+        desc,
+        xLayout,
+        cpu(dy).layout,
+        kept.raw,
+      );
+      if (layout !== undefined) {
+        cpu(dx).layout = layout;
+        return;
+      }
+    }
     if (ops && this.#finite(x)) {
       channelLayout(x, desc.n, desc.c, desc.h * desc.w);
       const run = () =>

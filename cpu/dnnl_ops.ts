@@ -165,25 +165,55 @@ export class DnnlOps {
    * would leave the output in a layout that does not fit y. A window's
    * first maximum in row-major order wins, as PyTorch's; NaN and -Inf
    * are the caller's to keep away (oneDNN drops the one and starts its
-   * windows above the other).
+   * windows above the other). With a `reserve` (of `maxPoolReserve`
+   * elements), the maxima's positions are kept there for the backward.
    */
   maxPoolForward(
     x: Float32Array,
     y: Float32Array,
     d: PoolDesc,
     layout: BlockedLayout | null,
+    reserve: Float32Array | null = null,
   ): BlockedLayout | null | undefined {
     const plan = this.#poolPlan(d, layout);
     if (plan === null) return undefined;
-    this.#run(plan.inference, [x, y]);
+    if (reserve === null) this.#run(plan.inference, [x, y]);
+    else {
+      const need = plan.training.workspaceLength;
+      if (reserve.length < need) {
+        throw new RangeError(
+          `max pooling: a reserve of ${reserve.length} elements, ${need} needed`,
+        );
+      }
+      this.#run(plan.training, [x, y, reserve]);
+    }
     return plan.outputLayout;
   }
 
   /**
+   * Elements of the reserve the forward on x in `layout` fills: oneDNN's
+   * workspace, the position of each output's maximum in its window; 0
+   * where oneDNN does not pool this shape and layout.
+   */
+  maxPoolReserve(d: PoolDesc, layout: BlockedLayout | null): number {
+    return this.#poolPlan(d, layout)?.training.workspaceLength ?? 0;
+  }
+
+  /** The layout the forward on x in `layout` writes y in (see there). */
+  maxPoolOutputLayout(
+    d: PoolDesc,
+    layout: BlockedLayout | null,
+  ): BlockedLayout | null | undefined {
+    const plan = this.#poolPlan(d, layout);
+    return plan === null ? undefined : plan.outputLayout;
+  }
+
+  /**
    * Max pooling's backward: dx from dy, x in `layout` and dy in
-   * `dyLayout`. The forward runs again for the positions of the maxima
-   * (oneDNN's workspace). Returns dx's layout (x's), or undefined (dx
-   * untouched) where the layouts do not go together.
+   * `dyLayout`. The positions of the maxima come from the forward's
+   * `reserve`, or without one from running the forward again. Returns
+   * dx's layout (x's), or undefined (dx untouched) where the layouts do
+   * not go together.
    */
   maxPoolBackward(
     x: Float32Array,
@@ -192,12 +222,16 @@ export class DnnlOps {
     d: PoolDesc,
     layout: BlockedLayout | null,
     dyLayout: BlockedLayout | null,
+    reserve: Float32Array | null = null,
   ): BlockedLayout | null | undefined {
     const plan = this.#poolPlan(d, layout);
     if (plan === null || dyLayout !== plan.outputLayout) return undefined;
-    const y = this.#poolOutput.get(d.n * d.c * d.oh * d.ow);
-    const ws = this.#poolWorkspace.get(plan.training.workspaceLength);
-    this.#run(plan.training, [x, y, ws]);
+    let ws = reserve;
+    if (ws === null) {
+      const y = this.#poolOutput.get(d.n * d.c * d.oh * d.ow);
+      ws = this.#poolWorkspace.get(plan.training.workspaceLength);
+      this.#run(plan.training, [x, y, ws]);
+    }
     this.#run(plan.backward, [dy, ws, dx]);
     return layout;
   }
@@ -388,10 +422,11 @@ export class DnnlOps {
   }
 
   /**
-   * dx = dy where y > 0, else 0, over `length` elements, for finite dy
-   * only: oneDNN multiplies dy by 0 or 1, so a NaN or infinite dy where
-   * y = 0 would come out NaN (the caller checks), and a negative one -0
-   * where the TypeScript kernel writes +0, the same number.
+   * dx = 0 where y <= 0, else dy (a NaN y passes dy, as PyTorch's), over
+   * `length` elements, for finite dy only: oneDNN multiplies dy by 0 or 1,
+   * so a NaN or infinite dy where y = 0 would come out NaN (the caller
+   * checks), and a negative one -0 where the TypeScript kernel writes +0,
+   * the same number.
    */
   reluBackward(
     y: Float32Array,

@@ -285,13 +285,21 @@ export function reluBackward(
   dx: Float32Array,
   length: number,
 ): void {
-  // On the bits: y >= 0, so y > 0 exactly when its bits are a positive
-  // integer, and -bits >> 31 is then all ones. dx = dy & mask copies dy
-  // exactly or writes +0, without a data-dependent branch.
+  // PyTorch's rule: dx = 0 where y <= 0, else dy (a NaN y passes it). On
+  // the bits v: y > 0 exactly when v is a positive integer, and then -v and
+  // ~v are both negative (for -0, v = INT_MIN, ~v is not); y is NaN when
+  // its magnitude bits exceed +Inf's. The sign of each test, spread by
+  // >> 31, makes a mask: dx = dy & mask copies dy exactly or writes +0,
+  // without a data-dependent branch.
   const yb = bits(y);
   const dyb = bits(dy);
   const dxb = bits(dx);
-  for (let i = 0; i < length; i++) dxb[i] = dyb[i] & (-yb[i] >> 31);
+  for (let i = 0; i < length; i++) {
+    const v = yb[i];
+    const positive = (-v & ~v) >> 31;
+    const nan = (0x7f800000 - (v & 0x7fffffff)) >> 31;
+    dxb[i] = dyb[i] & (positive | nan);
+  }
 }
 
 /** The same memory seen as 32-bit integers. */

@@ -5,7 +5,8 @@
  * Comparisons run on integer keys of the floats' bits, which order exactly as
  * the floats do: a branchless integer select is several times faster than
  * `Math.max` or a float ternary, which V8 compiles to branches that
- * mispredict on real data. A NaN sorts above every number, so it propagates.
+ * mispredict on real data. A NaN, of either sign, takes the window from
+ * every number, so it propagates.
  *
  * @module
  */
@@ -43,13 +44,19 @@ function argmaxWindow(
   c1: number,
 ): number {
   let at = base + r0 * w + c0;
-  let best = key(xb[at]);
+  // Below every key: the window's first element always takes it.
+  let best = -0x80000000;
   for (let r = r0; r < r1; r++) {
     const row = base + r * w;
     for (let q = row + c0; q < row + c1; q++) {
-      const k = key(xb[q]);
+      const v = xb[q];
+      // All ones for a NaN of either sign, which takes the window as in
+      // PyTorch's kernel (a later NaN over an earlier one too) and keeps
+      // it with the highest key.
+      const nan = (0x7f800000 - (v & 0x7fffffff)) >> 31;
+      const k = (key(v) & ~nan) | (0x7fffffff & nan);
       // All ones when k beats best strictly (the first maximum stays).
-      const m = -(+(k > best));
+      const m = -(+(k > best)) | nan;
       best = (k & m) | (best & ~m);
       at = (q & m) | (at & ~m);
     }

@@ -290,7 +290,10 @@ export interface ActivationForwardArgs {
   length: number;
 }
 
-/** `cudnnActivationBackward` for ReLU: dx = dy where y > 0, else 0. */
+/**
+ * `cudnnActivationBackward` for ReLU: dx = 0 where y <= 0, else dy (a NaN y
+ * passes dy, as PyTorch's threshold_backward does).
+ */
 export interface ActivationBackwardArgs {
   /** The forward's output. */
   y: DataBuffer;
@@ -304,6 +307,11 @@ export interface PoolForwardArgs {
   x: DataBuffer;
   y: DataBuffer;
   desc: PoolDesc;
+  /**
+   * Where the backend may keep what its backward reads (the maxima's
+   * positions), `maxPoolReserve` elements.
+   */
+  reserve?: DataBuffer | null;
 }
 
 /** `cudnnPoolingBackward`: dx overwritten. */
@@ -314,6 +322,8 @@ export interface PoolBackwardArgs {
   dy: DataBuffer;
   dx: DataBuffer;
   desc: PoolDesc;
+  /** The forward's reserve, if it was given one. */
+  reserve?: DataBuffer | null;
 }
 
 /**
@@ -615,11 +625,17 @@ export interface Backend {
   // --- activation and pooling (cudnnActivation*, cudnnPooling*) --------------
   /** y = max(x, 0). */
   reluForward(args: ActivationForwardArgs): void;
-  /** dx = dy where y > 0, else 0 (y is the forward output). */
+  /** dx = 0 where y <= 0, else dy (y is the forward output). */
   reluBackward(args: ActivationBackwardArgs): void;
   maxPoolForward(args: PoolForwardArgs): void;
   /** Routes dy to the first maximum of each window (dx overwritten). */
   maxPoolBackward(args: PoolBackwardArgs): void;
+  /**
+   * Elements of the reserve a max pooling forward on x may fill for its
+   * backward, which then need not find the maxima again; 0 (or no method)
+   * where the backend's backward works from x and y alone.
+   */
+  maxPoolReserve?(x: DataBuffer, desc: PoolDesc): number;
 
   // --- elementwise and reductions (cudnnOpTensor, cudnnAddTensor, ...) -------
   opTensor(args: OpTensorArgs): void;

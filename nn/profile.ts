@@ -51,7 +51,12 @@ export type ProfileKind = typeof PROFILE_KINDS[number];
 /** The backend's methods that do work (everything but name and settings). */
 type OpName = Exclude<
   keyof Backend,
-  "name" | "configure" | "synchronize" | "memory" | "batchNormReluReserve"
+  | "name"
+  | "configure"
+  | "synchronize"
+  | "memory"
+  | "batchNormReluReserve"
+  | "maxPoolReserve"
 >;
 
 /** The kind of each op; a new op in the interface must be given one here. */

@@ -328,6 +328,30 @@ Deno.test(
   },
 );
 
+Deno.test("ReLU's gradient is 0 where the output is 0, -0 or negative and passes where it is NaN of either sign, as PyTorch's, on every kernel", () => {
+  const be = new CpuBackend();
+  // A small run (the TypeScript kernel or oneDNN's one-thread plan) and
+  // one above SMALL_OP (oneDNN's threaded plan where it is installed).
+  for (const n of [8, 300_000]) {
+    const out = new Float32Array(n).fill(1);
+    const outBits = new Int32Array(out.buffer);
+    outBits[0] = 0x7fc00000; // NaN
+    outBits[1] = 0xffc00000 | 0; // NaN with the sign bit, x86's default
+    outBits[2] = 0x80000000 | 0; // -0
+    out[3] = 0;
+    out[4] = -2;
+    out[5] = Infinity;
+    out[6] = 1e-45;
+    const [y, dy, dx] = [be.alloc(n), be.alloc(n), be.alloc(n)];
+    be.write(y, out);
+    be.write(dy, new Float32Array(n).fill(-5));
+    be.reluBackward({ y, dy, dx, length: n });
+    // oneDNN writes -0 for a negative dy where y <= 0: the same number.
+    const got = [...be.read(dx).subarray(0, 8)].map((v) => v + 0);
+    assert.deepEqual(got, [-5, -5, 0, 0, 0, -5, -5, -5], `${n} elements`);
+  }
+});
+
 Deno.test(
   `sums and means over the last dimension run on oneDNN's reduction and match a float64 reference${skipped}`,
   { ignore: lib === null },
@@ -502,6 +526,38 @@ Deno.test("max pooling keeps NaN and -Inf as PyTorch does, on oneDNN's machines 
   const dx = be.alloc(8);
   be.maxPoolBackward({ x, y, dy, dx, desc: d });
   assert.deepEqual([...be.read(dx)], [0, 1, 2, 0, 0, 0, 0, 0]);
+});
+
+Deno.test("a NaN with its sign bit set takes a max pooling window too, and the last NaN wins, as in PyTorch", () => {
+  const be = new CpuBackend();
+  const d = {
+    n: 1,
+    c: 1,
+    h: 1,
+    w: 4,
+    kh: 1,
+    kw: 4,
+    strideH: 1,
+    strideW: 1,
+    padH: 0,
+    padW: 0,
+    oh: 1,
+    ow: 1,
+  };
+  const data = Float32Array.of(1, NaN, 5, NaN);
+  const raw = new Int32Array(data.buffer);
+  raw[1] = 0xffc00000 | 0; // x86's default NaN
+  raw[3] = 0xffc00001 | 0;
+  const x = be.alloc(4);
+  be.write(x, data);
+  const y = be.alloc(1);
+  be.maxPoolForward({ x, y, desc: d });
+  assert.equal(new Int32Array(be.read(y).buffer)[0], 0xffc00001 | 0);
+  const dy = be.alloc(1);
+  be.write(dy, Float32Array.of(3));
+  const dx = be.alloc(4);
+  be.maxPoolBackward({ x, y, dy, dx, desc: d });
+  assert.deepEqual([...be.read(dx)], [0, 0, 0, 3]);
 });
 
 Deno.test(

@@ -7,6 +7,7 @@ import {
   conv2d,
   device,
   Generator,
+  maxPool2d,
   mul,
   randn,
   relu,
@@ -17,6 +18,7 @@ import {
 import { assert } from "./assert.ts";
 import { assertClose, randomValues } from "./check.ts";
 import { convShape } from "./conv_desc.ts";
+import * as pool from "../cpu/pool.ts";
 
 const lib = tryDnnl();
 const skipped = lib === null
@@ -336,6 +338,75 @@ Deno.test(
       ),
       "the fused backward ran",
     );
+  },
+);
+
+Deno.test(
+  `max pooling's backward from the maxima its forward kept equals the TypeScript kernel's, on blocked and plain data and with a NaN${skipped}`,
+  {
+    ignore: lib === null,
+  },
+  () => {
+    const g = new Generator(9);
+    const w = randn([16, 16, 1, 1], g);
+    const weights = randn([2, 16, 5, 5], g);
+    const opts = { kernelSize: 3, stride: 2, padding: 1 };
+    const desc = {
+      n: 2,
+      c: 16,
+      h: 10,
+      w: 10,
+      kh: 3,
+      kw: 3,
+      strideH: 2,
+      strideW: 2,
+      padH: 1,
+      padW: 1,
+      oh: 5,
+      ow: 5,
+    };
+    for (const blocked of [true, false]) {
+      for (const poison of [false, true]) {
+        for (const readBetween of [false, true]) {
+          const base = randn([2, 16, 10, 10], g).toArray();
+          if (poison) base[17] = NaN;
+          const x = tensor(base, [2, 16, 10, 10], { requiresGrad: true });
+          // A convolution's output is blocked; relu() leaves ties at 0.
+          const before = (t: Tensor) =>
+            relu(blocked ? conv2d(t, w, null) : mul(t, t));
+          const input = before(x);
+          assert.equal(
+            (input.buffer as CpuBuffer).layout !== null,
+            blocked,
+            "the path under test",
+          );
+          const y = maxPool2d(input, opts);
+          // Reading the saved input back makes it plain in place.
+          if (readBetween) input.toArray();
+          sum(mul(y, weights)).backward();
+          const got = x.grad!.toArray();
+          // The reference: the TypeScript kernels on the same values, then
+          // autograd through the ReLU and the op before it.
+          const xv = tensor(base, x.shape, { requiresGrad: true });
+          const seen = before(xv);
+          const values = seen.toArray();
+          const yRef = new Float32Array(2 * 16 * 25);
+          pool.maxPoolForward(values, yRef, desc);
+          const dIn = new Float32Array(values.length);
+          pool.maxPoolBackward(values, yRef, weights.toArray(), dIn, desc);
+          sum(mul(seen, tensor(dIn, x.shape))).backward();
+          const want = xv.grad!.toArray();
+          const what =
+            `blocked ${blocked}, NaN ${poison}, read between ${readBetween}`;
+          // x * x's gradient at the NaN is NaN; the same NaNs on both sides.
+          const nan = (a: Float32Array) => a.map((v) => +Number.isNaN(v));
+          assert.deepEqual(nan(got), nan(want), what);
+          const finite = (a: Float32Array) =>
+            a.map((v) => Number.isNaN(v) ? 0 : v);
+          assertClose(finite(got), finite(want), what);
+        }
+      }
+    }
   },
 );
 

@@ -26,7 +26,7 @@ export function relu(x: Tensor): Tensor {
   });
 }
 
-/** dx = dy where y > 0, as a new tensor. */
+/** dx = 0 where y <= 0, else dy, as a new tensor. */
 export function reluGrad(g: Tensor, y: Tensor): Tensor {
   const gx = Tensor.empty(g.backend, y.shape);
   g.backend.reluBackward({

@@ -5,7 +5,7 @@
  */
 
 import type { PoolDesc } from "../backend.ts";
-import { formatShape, recordGrad, Tensor } from "../tensor.ts";
+import { formatShape, needsGrad, recordGrad, Tensor } from "../tensor.ts";
 import { expectRank, pair } from "./util.ts";
 
 export interface MaxPool2dOptions {
@@ -55,8 +55,21 @@ export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
   const { n, c, oh, ow } = d;
   const backend = x.backend;
   const out = Tensor.empty(backend, [n, c, oh, ow]);
-  backend.maxPoolForward({ x: x.buffer, y: out.buffer, desc: d });
-  return recordGrad(out, "maxPool2d", [x], [x, out], (g, [sx, y]) => {
+  // The maxima's positions, kept for the backward where the backend can.
+  const reserveLength = needsGrad([x])
+    ? backend.maxPoolReserve?.(x.buffer, d) ?? 0
+    : 0;
+  const reserve = reserveLength > 0
+    ? Tensor.empty(backend, [reserveLength])
+    : null;
+  backend.maxPoolForward({
+    x: x.buffer,
+    y: out.buffer,
+    desc: d,
+    reserve: reserve?.buffer ?? null,
+  });
+  const saved = [x, out, ...(reserve ? [reserve] : [])];
+  return recordGrad(out, "maxPool2d", [x], saved, (g, [sx, y, r]) => {
     const gx = Tensor.empty(backend, x.shape);
     backend.maxPoolBackward({
       x: sx.buffer,
@@ -64,6 +77,7 @@ export function maxPool2d(x: Tensor, opts: MaxPool2dOptions): Tensor {
       dy: g.buffer,
       dx: gx.buffer,
       desc: d,
+      reserve: r?.buffer ?? null,
     });
     return [gx];
   });
