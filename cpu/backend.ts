@@ -830,21 +830,33 @@ export class CpuBackend implements Backend {
     pool.maxPoolBackward(host(x), host(y), host(dy), output(dx, null), desc);
   }
 
+  /**
+   * A sum on oneDNN; with `relu`, the ReLU as oneDNN's post-op of the sum
+   * when both operands are finite (a sum of finite values is never NaN,
+   * and oneDNN's ReLU is exact on everything else), else after it.
+   */
   opTensor(a: OpTensorArgs): void {
     const ops = this.#dnnlOps();
+    const relu = a.relu ?? false;
+    const [p, q, r] = a.shape;
+    const n = p * q * r;
+    const thenRelu = () => this.reluForward({ x: a.c, y: a.c, length: n });
     if (
       ops && a.op === "add" && a.alpha1 === 1 && a.alpha2 === 1 &&
       a.beta === 0 && a.bShape.every((d, i) => d === a.shape[i])
     ) {
-      const [p, q, r] = a.shape;
-      const n = p * q * r;
       if (n === a.a.length && n === a.b.length && n === a.c.length) {
         // Elementwise: in the operands' layout when they share one.
         const layout = commonLayout(a.a, a.b);
-        ops.add(cpu(a.a).raw, cpu(a.b).raw, output(a.c, layout), n);
+        const [x, y] = [cpu(a.a).raw, cpu(a.b).raw];
+        const fused = relu && this.blas.allFinite(n, x) &&
+          this.blas.allFinite(n, y);
+        ops.add(x, y, output(a.c, layout), n, fused);
+        if (relu && !fused) thenRelu();
         return;
       }
       ops.add(host(a.a), host(a.b), host(a.c), n);
+      if (relu) thenRelu();
       return;
     }
     ew.opTensor(
@@ -858,6 +870,7 @@ export class CpuBackend implements Backend {
       host(a.c),
       a.shape,
     );
+    if (relu) thenRelu();
   }
 
   addTensor({ alpha, a, aShape, beta, c, shape }: AddTensorArgs): void {

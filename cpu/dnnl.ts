@@ -131,6 +131,15 @@ const symbols = {
     parameters: ["pointer", "i32"],
     result: "i32",
   },
+  dnnl_post_ops_create: { parameters: ["buffer"], result: "i32" },
+  dnnl_post_ops_append_eltwise: {
+    parameters: ["pointer", "f32", "i32", "f32", "f32"],
+    result: "i32",
+  },
+  dnnl_primitive_attr_set_post_ops: {
+    parameters: ["pointer", "pointer"],
+    result: "i32",
+  },
   dnnl_primitive_desc_create: {
     parameters: ["buffer", "buffer", "pointer", "pointer", "pointer"],
     result: "i32",
@@ -241,6 +250,8 @@ export class Dnnl {
   readonly stream: Handle;
   /** Primitive attributes selecting user-provided scratchpad memory. */
   readonly userScratchpad: Handle;
+  /** The same, and a ReLU applied to the result (a post-op). */
+  readonly userScratchpadRelu: Handle;
   readonly #s: Symbols;
   readonly #out = new BigUint64Array(1);
 
@@ -255,17 +266,36 @@ export class Dnnl {
       (o) => this.#s.dnnl_stream_create(o, this.engine, STREAM_IN_ORDER),
       "dnnl_stream_create",
     );
-    this.userScratchpad = this.#handle(
+    this.userScratchpad = this.#attr();
+    this.userScratchpadRelu = this.#attr();
+    const postOps = this.#handle(
+      (o) => this.#s.dnnl_post_ops_create(o),
+      "dnnl_post_ops_create",
+    );
+    this.check(
+      this.#s.dnnl_post_ops_append_eltwise(postOps, 1, ALG.eltwiseRelu, 0, 0),
+      "dnnl_post_ops_append_eltwise",
+    );
+    this.check(
+      this.#s.dnnl_primitive_attr_set_post_ops(
+        this.userScratchpadRelu,
+        postOps,
+      ),
+      "dnnl_primitive_attr_set_post_ops",
+    );
+  }
+
+  /** Primitive attributes selecting user-provided scratchpad memory. */
+  #attr(): Handle {
+    const attr = this.#handle(
       (o) => this.#s.dnnl_primitive_attr_create(o),
       "dnnl_primitive_attr_create",
     );
     this.check(
-      this.#s.dnnl_primitive_attr_set_scratchpad_mode(
-        this.userScratchpad,
-        SCRATCHPAD_USER,
-      ),
+      this.#s.dnnl_primitive_attr_set_scratchpad_mode(attr, SCRATCHPAD_USER),
       "dnnl_primitive_attr_set_scratchpad_mode",
     );
+    return attr;
   }
 
   /** Throws an Error naming the call and oneDNN's status unless success. */
@@ -533,14 +563,22 @@ export class Dnnl {
     return desc;
   }
 
-  /** A primitive descriptor with user scratchpad; `hint` is a forward pd. */
-  primitiveDesc(opDesc: Uint8Array, hint: Handle | null, what: string): Handle {
+  /**
+   * A primitive descriptor with `attr` (user scratchpad by default);
+   * `hint` is a forward pd.
+   */
+  primitiveDesc(
+    opDesc: Uint8Array,
+    hint: Handle | null,
+    what: string,
+    attr: Handle = this.userScratchpad,
+  ): Handle {
     return this.#handle(
       (o) =>
         this.#s.dnnl_primitive_desc_create(
           o,
           opDesc,
-          this.userScratchpad,
+          attr,
           this.engine,
           hint,
         ),

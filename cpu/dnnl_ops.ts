@@ -392,9 +392,18 @@ export class DnnlOps {
     this.#run(plan, arrays);
   }
 
-  /** c = a + b over `length` elements (c may be a or b). */
-  add(a: Float32Array, b: Float32Array, c: Float32Array, length: number): void {
-    this.#run(this.#addPlan(length), [a, b, c]);
+  /**
+   * c = a + b over `length` elements (c may be a or b); with `relu`, then
+   * max(c, 0), for finite a and b only (oneDNN's ReLU drops a NaN).
+   */
+  add(
+    a: Float32Array,
+    b: Float32Array,
+    c: Float32Array,
+    length: number,
+    relu = false,
+  ): void {
+    this.#run(this.#addPlan(length, relu), [a, b, c]);
   }
 
   /**
@@ -537,14 +546,16 @@ export class DnnlOps {
     });
   }
 
-  #addPlan(length: number): Plan {
-    return this.#cached(`add ${length}`, null, length, () => {
+  #addPlan(length: number, relu: boolean): Plan {
+    const key = `add${relu ? " relu" : ""} ${length}`;
+    return this.#cached(key, null, length, () => {
       const dn = this.#dnnl;
       const data = dn.memoryDesc([length], plainTag(1));
       const pd = dn.primitiveDesc(
         dn.binaryDesc(ALG.binaryAdd, data, data, data),
         null,
         "binary add",
+        relu ? dn.userScratchpadRelu : dn.userScratchpad,
       );
       return this.#plan(pd, [
         [ARG.src, data],

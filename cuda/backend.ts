@@ -460,6 +460,10 @@ export class CudaBackend implements Backend {
 
   opTensor(a: OpTensorArgs): void {
     this.#kernels.opTensor(a);
+    if (a.relu) {
+      const length = a.shape[0] * a.shape[1] * a.shape[2];
+      this.reluForward({ x: a.c, y: a.c, length });
+    }
   }
 
   addTensor(a: AddTensorArgs): void {

@@ -342,6 +342,11 @@ export interface OpTensorArgs {
   c: DataBuffer;
   /** The shape of a and c. */
   shape: Dims3;
+  /**
+   * Then c = max(c, 0), keeping NaN: a residual block's sum and its ReLU
+   * in one op where the backend can.
+   */
+  relu?: boolean;
 }
 
 /** `cudnnAddTensor`: `c = alpha * broadcast(a) + beta * c`. */

@@ -352,6 +352,64 @@ Deno.test("ReLU's gradient is 0 where the output is 0, -0 or negative and passes
   }
 });
 
+Deno.test("a sum with its ReLU is relu(a + b) bit for bit, keeps NaN, and maps -Inf to 0 and an overflow to Inf", () => {
+  const be = new CpuBackend();
+  // Above SMALL_OP (oneDNN's threaded plan where it is installed).
+  const n = 300_005;
+  const [a0, b0] = [values(n, -1, 1), values(n, -1, 1)];
+  const [a, b] = [be.alloc(n), be.alloc(n)];
+  const sumRelu = (x: Float32Array, y: Float32Array) => {
+    be.write(a, x);
+    be.write(b, y);
+    be.opTensor({
+      op: "add",
+      alpha1: 1,
+      a,
+      alpha2: 1,
+      b,
+      bShape: [1, 1, n],
+      beta: 0,
+      c: a,
+      shape: [1, 1, n],
+      relu: true,
+    });
+    return be.read(a);
+  };
+  const want = Float32Array.from(a0, (v, i) => Math.max(v + b0[i], 0) + 0);
+  const bitsOf = (x: Float32Array) => new Int32Array(x.buffer);
+  const got = sumRelu(a0, b0);
+  assert.equal(
+    bitsOf(got).findIndex((v, i) => v !== bitsOf(want)[i]),
+    -1,
+  );
+  if (lib !== null) {
+    assert.ok(
+      be.dnnlOps!.implementations().some(([key]) => key.startsWith("add relu")),
+    );
+  }
+  for (const at of [0, n >> 1, n - 1]) {
+    for (
+      const [x, y, expected] of [
+        [NaN, 1, NaN],
+        [1, NaN, NaN],
+        [-Infinity, 1, 0],
+        [3e38, 3e38, Infinity],
+      ]
+    ) {
+      const [p, q] = [a0.slice(), b0.slice()];
+      p[at] = x;
+      q[at] = y;
+      const w = want.slice();
+      w[at] = expected;
+      assert.equal(
+        firstDifference(sumRelu(p, q), w),
+        -1,
+        `${x} + ${y} at ${at}`,
+      );
+    }
+  }
+});
+
 Deno.test(
   `sums and means over the last dimension run on oneDNN's reduction and match a float64 reference${skipped}`,
   { ignore: lib === null },

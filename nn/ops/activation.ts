@@ -90,8 +90,8 @@ export function addReluInPlace(a: Tensor, b: Tensor): Tensor {
     beta: 0,
     c: a.buffer,
     shape,
+    relu: true,
   });
-  backend.reluForward({ x: a.buffer, y: a.buffer, length: a.size });
   a.markModified();
   const out = a.viewAs(a.shape);
   if (!needsGrad([a, b])) return out;
