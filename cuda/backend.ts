@@ -392,6 +392,19 @@ export class CudaBackend implements Backend {
   }
 
   batchNormBackward(a: BatchNormBackwardArgs): void {
+    if (a.relu) {
+      // No reserve is asked for here (no batchNormReluReserve): a caller's
+      // ReLU goes through its own backward first.
+      const length = a.dy.length;
+      const dy = this.alloc(length);
+      try {
+        this.reluBackward({ y: a.relu.y, dy: a.dy, dx: dy, length });
+        this.batchNormBackward({ ...a, dy, relu: undefined });
+      } finally {
+        this.free(dy);
+      }
+      return;
+    }
     const d = this.#norms.get(a.desc);
     const k = this.#constants(a.desc.c);
     // cuDNN always writes both parameter gradients: scratch for skipped ones.
