@@ -635,42 +635,31 @@ export class CpuBackend implements Backend {
    */
   batchNormBackward(a: BatchNormBackwardArgs): void {
     const ops = this.#dnnlOps();
+    let layout: BlockedLayout | null = null;
+    let mask: Float32Array | null = null;
     if (a.relu) {
       const reserve = cpu(a.relu.reserve);
-      const layout = this.#reluMasks.get(reserve);
-      if (ops && layout !== undefined) {
-        inLayout(a.x, layout);
-        inLayout(a.dy, layout);
-        ops.batchNormBackward(
-          cpu(a.x).raw,
-          cpu(a.dy).raw,
-          output(a.dx, layout),
-          hostOrNull(a.scale),
-          a.dBias !== null,
-          hostOrNull(a.dScale),
-          hostOrNull(a.dBias),
-          host(a.saveMean),
-          host(a.saveInvStd),
-          a.desc,
-          layout,
-          reserve.raw,
-        );
+      const masked = ops ? this.#reluMasks.get(reserve) : undefined;
+      if (masked === undefined) {
+        const length = a.dy.length;
+        const dy = this.alloc(length);
+        this.reluBackward({ y: a.relu.y, dy: a.dy, dx: dy, length });
+        this.batchNormBackward({ ...a, dy, relu: undefined });
+        this.free(dy);
         return;
       }
-      const length = a.dy.length;
-      const dy = this.alloc(length);
-      this.reluBackward({ y: a.relu.y, dy: a.dy, dx: dy, length });
-      this.batchNormBackward({ ...a, dy, relu: undefined });
-      this.free(dy);
-      return;
+      inLayout(a.x, masked);
+      inLayout(a.dy, masked);
+      layout = masked;
+      mask = reserve.raw;
+    } else if (ops) {
+      const { n, c, spatial } = a.desc;
+      layout = channelLayout(a.x, n, c, spatial) && commonLayout(a.x, a.dy);
+      if (layout === null) host(a.dy);
     }
     if (ops) {
       // oneDNN needs to know whether the forward had a shift: it did when a
       // gradient of it is asked for; without one, none is computed.
-      const { n, c, spatial } = a.desc;
-      const layout = channelLayout(a.x, n, c, spatial) &&
-        commonLayout(a.x, a.dy);
-      if (layout === null) host(a.dy);
       ops.batchNormBackward(
         cpu(a.x).raw,
         cpu(a.dy).raw,
@@ -683,6 +672,7 @@ export class CpuBackend implements Backend {
         host(a.saveInvStd),
         a.desc,
         layout,
+        mask,
       );
       return;
     }
