@@ -708,7 +708,7 @@ export class CpuBackend implements Backend {
       const xs = cpu(x).raw;
       const ys = output(y, cpu(x).layout);
       const ops = this.#dnnlOps();
-      if (ops && this.blas.allFinite(length, xs)) {
+      if (ops && this.#finite(x)) {
         ops.reluForward(xs, ys, length);
       } else ew.reluForward(xs, ys, length);
       return;
@@ -723,7 +723,7 @@ export class CpuBackend implements Backend {
       const [ys, dys] = [cpu(y).raw, cpu(dy).raw];
       const dxs = output(dx, layout);
       const ops = this.#dnnlOps();
-      if (ops && this.blas.allFinite(length, dys)) {
+      if (ops && this.#finite(dy)) {
         ops.reluBackward(ys, dys, dxs, length);
       } else ew.reluBackward(ys, dys, dxs, length);
       return;
@@ -839,8 +839,7 @@ export class CpuBackend implements Backend {
         // Elementwise: in the operands' layout when they share one.
         const layout = commonLayout(a.a, a.b);
         const [x, y] = [cpu(a.a).raw, cpu(a.b).raw];
-        const fused = relu && this.blas.allFinite(n, x) &&
-          this.blas.allFinite(n, y);
+        const fused = relu && this.#finite(a.a) && this.#finite(a.b);
         ops.add(x, y, output(a.c, layout), n, fused);
         if (relu && !fused) thenRelu();
         return;

@@ -19,6 +19,7 @@ import { assert } from "./assert.ts";
 import { assertClose, randomValues } from "./check.ts";
 import { convShape } from "./conv_desc.ts";
 import * as pool from "../cpu/pool.ts";
+import { poolDesc } from "../nn/ops/pool.ts";
 
 const lib = tryDnnl();
 const skipped = lib === null
@@ -351,20 +352,7 @@ Deno.test(
     const w = randn([16, 16, 1, 1], g);
     const weights = randn([2, 16, 5, 5], g);
     const opts = { kernelSize: 3, stride: 2, padding: 1 };
-    const desc = {
-      n: 2,
-      c: 16,
-      h: 10,
-      w: 10,
-      kh: 3,
-      kw: 3,
-      strideH: 2,
-      strideW: 2,
-      padH: 1,
-      padW: 1,
-      oh: 5,
-      ow: 5,
-    };
+    const desc = poolDesc([2, 16, 10, 10], opts);
     for (const blocked of [true, false]) {
       for (const poison of [false, true]) {
         for (const readBetween of [false, true]) {
