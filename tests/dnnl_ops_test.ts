@@ -109,6 +109,10 @@ const SHAPES: [number, number, number][] = [
   [2, 5, 7],
   [3, 8, 13], // a whole 8-wide channel block and a ragged plane
   [2, 17, 36],
+  // Above SMALL_OP elements: oneDNN runs the training forward blocked,
+  // with the channels padded to its block in the first.
+  [2, 20, 6600],
+  [2, 32, 4100],
 ];
 
 for (const impl of implementations()) {
@@ -195,6 +199,51 @@ for (const impl of implementations()) {
     }
   }
 }
+
+Deno.test(
+  `a large plain training forward runs on oneDNN's blocked kernel, in place too${skipped}`,
+  { ignore: lib === null },
+  () => {
+    const scratch = new Scratch();
+    const ops = new DnnlOps(lib!, (n) => scratch.get(n), new Layouts(lib!));
+    const d = { n: 2, c: 32, spatial: 4100, eps: 1e-5, momentum: 0.1 };
+    const size = d.n * d.c * d.spatial;
+    const x = values(size, -3, 3);
+    const gamma = values(d.c, 0.5, 1.5);
+    const beta = values(d.c, -1, 1);
+    const stats = () => Array.from({ length: 4 }, () => new Float32Array(d.c));
+    const [rm, rv, mean, invStd] = stats();
+    const y = new Float32Array(size);
+    ops.batchNormForwardTraining(x, y, gamma, beta, rm, rv, mean, invStd, d);
+    const training = ops.implementations().filter(([key]) =>
+      key.startsWith("bn training")
+    );
+    assert(
+      training.length === 1 && training[0][0].endsWith("blocked") &&
+        !training[0][1].startsWith("ncsp"),
+      `the training forward ran on ${JSON.stringify(training)}`,
+    );
+    const [rm2, rv2, mean2, invStd2] = stats();
+    const inPlace = x.slice();
+    ops.batchNormForwardTraining(
+      inPlace,
+      inPlace,
+      gamma,
+      beta,
+      rm2,
+      rv2,
+      mean2,
+      invStd2,
+      d,
+    );
+    assert(
+      inPlace.every((v, i) => Object.is(v, y[i])) &&
+        mean2.every((v, i) => v === mean[i]) &&
+        invStd2.every((v, i) => v === invStd[i]),
+      "in place, the results differ",
+    );
+  },
+);
 
 Deno.test(
   `oneDNN's sum equals the TypeScript kernel's, in place too${skipped}`,
