@@ -168,7 +168,10 @@ export class DnnlOps {
     this.#layouts = layouts;
   }
 
-  /** Bytes held for max pooling's backward and the fused ReLU's mask. */
+  /**
+   * Bytes held for max pooling's backward, the fused ReLU's mask and the
+   * blocked copy of a plain batch norm's data.
+   */
   get bytes(): number {
     return this.#poolOutput.bytes + this.#poolWorkspace.bytes +
       this.#bnWorkspace.bytes + this.#blockedData.bytes;
@@ -783,11 +786,13 @@ export class DnnlOps {
     const blocked = dn.queryMd(conv, QUERY.srcMd);
     route = null;
     if (!dn.mdEqual(blocked, plain)) {
-      const reorder = (from: Uint8Array, to: Uint8Array) =>
-        this.#plan(dn.reorderDesc(from, to), [[ARG.src, from], [
-          ARG.dst,
-          to,
-        ]]);
+      const reorder = (from: Uint8Array, to: Uint8Array) => {
+        const operands: [number, Uint8Array][] = [
+          [ARG.src, from],
+          [ARG.dst, to],
+        ];
+        return this.#plan(dn.reorderDesc(from, to), operands);
+      };
       route = {
         layout: this.#layouts.of(blocked, dims),
         toBlocked: reorder(plain, blocked),
