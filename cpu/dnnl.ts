@@ -136,12 +136,29 @@ const symbols = {
     parameters: ["pointer", "f32", "i32", "f32", "f32"],
     result: "i32",
   },
+  dnnl_post_ops_append_sum: { parameters: ["pointer", "f32"], result: "i32" },
+  dnnl_post_ops_append_binary: {
+    parameters: ["pointer", "i32", "buffer"],
+    result: "i32",
+  },
   dnnl_primitive_attr_set_post_ops: {
     parameters: ["pointer", "pointer"],
     result: "i32",
   },
   dnnl_primitive_desc_create: {
     parameters: ["buffer", "buffer", "pointer", "pointer", "pointer"],
+    result: "i32",
+  },
+  dnnl_sum_primitive_desc_create: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "i32",
+      "buffer",
+      "buffer",
+      "pointer",
+      "pointer",
+    ],
     result: "i32",
   },
   dnnl_reorder_primitive_desc_create: {
@@ -196,6 +213,7 @@ export const ALG = {
   eltwiseRelu: 0x1f,
   eltwiseReluUseDst: 0x100,
   binaryAdd: 0x1fff0,
+  binaryMul: 0x1fff1,
   poolingMax: 0x1ff,
   reductionSum: 0x2fff4,
   reductionMean: 0x2fff6,
@@ -224,7 +242,16 @@ export const ARG = {
   workspace: 64,
   diffScale: 255,
   diffShift: 256,
+  /** The first of a sum's sources; source i is `multipleSrc + i`. */
+  multipleSrc: 1024,
 } as const;
+
+/**
+ * The argument id of a binary post-op's second operand, the post-op at
+ * `index` in the chain (DNNL_ARG_ATTR_MULTIPLE_POST_OP(index) | SRC_1).
+ */
+export const postOpSrc1 = (index: number): number =>
+  16384 * (index + 1) | ARG.src1;
 export const QUERY = {
   srcMd: 129,
   diffSrcMd: 130,
@@ -283,6 +310,40 @@ export class Dnnl {
       ),
       "dnnl_primitive_attr_set_post_ops",
     );
+  }
+
+  /**
+   * Attributes selecting user-provided scratchpad memory and applying
+   * `postOps` to a primitive's result, in order: a sum (the result plus
+   * `sum` times what dst held) or a binary op with a second operand of
+   * descriptor `md` (given at execution as `postOpSrc1(its index)`).
+   */
+  postOpsAttr(
+    postOps: ({ sum: number } | { binary: number; md: Uint8Array })[],
+  ): Handle {
+    const attr = this.#attr();
+    const chain = this.#handle(
+      (o) => this.#s.dnnl_post_ops_create(o),
+      "dnnl_post_ops_create",
+    );
+    for (const op of postOps) {
+      if ("sum" in op) {
+        this.check(
+          this.#s.dnnl_post_ops_append_sum(chain, op.sum),
+          "dnnl_post_ops_append_sum",
+        );
+      } else {
+        this.check(
+          this.#s.dnnl_post_ops_append_binary(chain, op.binary, op.md),
+          "dnnl_post_ops_append_binary",
+        );
+      }
+    }
+    this.check(
+      this.#s.dnnl_primitive_attr_set_post_ops(attr, chain),
+      "dnnl_primitive_attr_set_post_ops",
+    );
+    return attr;
   }
 
   /** Primitive attributes selecting user-provided scratchpad memory. */
@@ -583,6 +644,29 @@ export class Dnnl {
           hint,
         ),
       `dnnl_primitive_desc_create(${what})`,
+    );
+  }
+
+  /**
+   * A sum's primitive descriptor: dst = the sum of scales[i] * srcs[i],
+   * all of descriptor `md` (dst may be srcs[0]).
+   */
+  sumDesc(md: Uint8Array, scales: readonly number[]): Handle {
+    const n = scales.length;
+    const srcs = new Uint8Array(n * MEMORY_DESC_BYTES);
+    for (let i = 0; i < n; i++) srcs.set(md, i * MEMORY_DESC_BYTES);
+    return this.#handle(
+      (o) =>
+        this.#s.dnnl_sum_primitive_desc_create(
+          o,
+          md,
+          n,
+          Float32Array.from(scales),
+          srcs,
+          this.userScratchpad,
+          this.engine,
+        ),
+      "dnnl_sum_primitive_desc_create",
     );
   }
 

@@ -37,7 +37,7 @@
  * @module
  */
 
-import type { BatchNormDesc, PoolDesc } from "../nn/backend.ts";
+import type { BatchNormDesc, PoolDesc, SgdStep } from "../nn/backend.ts";
 import { Scratch as ScratchArray } from "./allocator.ts";
 import type { Scratch } from "./conv.ts";
 import type { BlockedLayout, Layouts } from "./layout.ts";
@@ -51,6 +51,7 @@ import {
   FORMAT_ANY,
   type Handle,
   plainTag,
+  postOpSrc1,
   PROP,
   QUERY,
 } from "./dnnl.ts";
@@ -142,6 +143,9 @@ export class DnnlOps {
   /** Per-channel float32 temporaries (variances), grown as needed. */
   #channels = new Float32Array(0);
   #channels2 = new Float32Array(0);
+  /** The run-time factors of axpy and axpby. */
+  readonly #scalars = new Float32Array(1);
+  readonly #scalars2 = new Float32Array(1);
 
   /** Max pooling's backward: the forward's output and workspace, again. */
   readonly #poolOutput = new ScratchArray();
@@ -451,6 +455,87 @@ export class DnnlOps {
   }
 
   /**
+   * y += alpha x over `length` elements (x and y distinct), alpha given at
+   * run time: a multiply by a one-element operand and oneDNN's sum post-op,
+   * so one plan serves every alpha (a learning rate that moves each step).
+   */
+  axpy(alpha: number, x: Float32Array, y: Float32Array, length: number): void {
+    this.#scalars[0] = alpha;
+    this.#run(this.#axpyPlan(length, false), [x, this.#scalars, y]);
+  }
+
+  /**
+   * y = alpha x + beta y over `length` elements (x and y distinct, beta
+   * not 0), as beta (y + (alpha / beta) x): the axpy's plan with a second
+   * multiply after the sum, both factors given at run time.
+   */
+  axpby(
+    alpha: number,
+    x: Float32Array,
+    beta: number,
+    y: Float32Array,
+    length: number,
+  ): void {
+    this.#scalars[0] = alpha / beta;
+    this.#scalars2[0] = beta;
+    this.#run(this.#axpyPlan(length, true), [
+      x,
+      this.#scalars,
+      this.#scalars2,
+      y,
+    ]);
+  }
+
+  /**
+   * dst = the sum of scales[i] srcs[i] over `length` elements; dst may be
+   * srcs[0]. The scales are built into the primitive, so they should be
+   * few and fixed (a momentum, a weight decay), not a schedule's values.
+   */
+  sum(
+    scales: readonly number[],
+    srcs: Float32Array[],
+    dst: Float32Array,
+    length: number,
+  ): void {
+    this.#run(this.#sumPlan(scales, length), [
+      ...srcs.slice(0, scales.length),
+      dst,
+    ]);
+  }
+
+  /**
+   * One SGD step with momentum, PyTorch's rule, in two passes: the buffer
+   * (a sum with the momentum, dampening and weight decay as fixed scales),
+   * then the parameter (an axpy by the learning rate). Returns false, and
+   * touches nothing, for a case it leaves to the TypeScript kernel: no
+   * momentum (there the weight decay would be folded into a factor
+   * 1 - lr wd that float32 rounds to a few percent of its decay), or
+   * Nesterov's step after the first (three factors that move with the
+   * learning rate).
+   */
+  sgdUpdate(
+    param: Float32Array,
+    grad: Float32Array,
+    buf: Float32Array | null,
+    length: number,
+    s: SgdStep,
+  ): boolean {
+    const { lr, momentum: mu, weightDecay: wd } = s;
+    if (buf === null || mu === 0 || (s.nesterov && !s.firstStep)) return false;
+    if (s.firstStep) {
+      // PyTorch starts the buffer as the gradient itself, undamped.
+      this.sum(wd === 0 ? [1] : [1, wd], [grad, param], buf, length);
+      this.axpy(-lr * (s.nesterov ? 1 + mu : 1), buf, param, length);
+      return true;
+    }
+    const keep = 1 - s.dampening;
+    const scales = wd === 0 ? [mu, keep] : [mu, keep, keep * wd];
+    this.sum(scales, [buf, grad, param], buf, length);
+    this.axpy(-lr, buf, param, length);
+    return true;
+  }
+
+  /**
    * y[i] = the sum (or with `mean`, the mean) of row i of x, `rows` rows
    * of `length` elements, plain: a global average pooling. oneDNN's
    * reduction runs blocked data on its reference loops, 100 times as
@@ -606,6 +691,50 @@ export class DnnlOps {
         [ARG.src1, data],
         [ARG.dst, data],
       ]);
+    });
+  }
+
+  /**
+   * x times a one-element operand, plus what y held (the sum post-op); with
+   * `scaled`, that times a second one-element operand (a binary post-op).
+   */
+  #axpyPlan(length: number, scaled: boolean): Plan {
+    const key = `ax${scaled ? "pby" : "py"} ${length}`;
+    return this.#cached(key, null, length, () => {
+      const dn = this.#dnnl;
+      const data = dn.memoryDesc([length], plainTag(1));
+      const scalar = dn.memoryDesc([1], plainTag(1));
+      const pd = dn.primitiveDesc(
+        dn.binaryDesc(ALG.binaryMul, data, scalar, data),
+        null,
+        "binary mul",
+        dn.postOpsAttr(
+          scaled
+            ? [{ sum: 1 }, { binary: ALG.binaryMul, md: scalar }]
+            : [{ sum: 1 }],
+        ),
+      );
+      return this.#plan(pd, [
+        [ARG.src, data],
+        [ARG.src1, scalar],
+        ...(scaled ? [[postOpSrc1(1), scalar] as [number, Uint8Array]] : []),
+        [ARG.dst, data],
+      ]);
+    });
+  }
+
+  #sumPlan(scales: readonly number[], length: number): Plan {
+    const key = `sum ${scales.join(" ")} ${length}`;
+    return this.#cached(key, null, length, () => {
+      const dn = this.#dnnl;
+      const data = dn.memoryDesc([length], plainTag(1));
+      return this.#plan(
+        dn.sumDesc(data, scales),
+        scales.map((_, i) =>
+          [ARG.multipleSrc + i, data] as [number, Uint8Array]
+        )
+          .concat([[ARG.dst, data]]),
+      );
     });
   }
 

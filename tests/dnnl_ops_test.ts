@@ -1,4 +1,4 @@
-import type { BatchNormDesc } from "../nn/backend.ts";
+import type { BatchNormDesc, SgdStep } from "../nn/backend.ts";
 import { Scratch } from "../cpu/allocator.ts";
 import * as bn from "../cpu/batchnorm.ts";
 import * as ew from "../cpu/elementwise.ts";
@@ -720,5 +720,75 @@ Deno.test(
       "max: false",
       "max: false",
     ]);
+  },
+);
+
+Deno.test(
+  `large SGD steps and moving averages run on oneDNN and match a float64 reference over several steps${skipped}`,
+  { ignore: lib === null },
+  () => {
+    const be = new CpuBackend();
+    const n = 70_000; // past OPTIM_ON_DNNL, and many OpenMP chunks
+    const kinds: [string, Omit<SgdStep, "firstStep">][] = [
+      ["momentum 0.9, weight decay 1e-4, dampening 0.1", {
+        lr: 0.05,
+        momentum: 0.9,
+        dampening: 0.1,
+        weightDecay: 1e-4,
+        nesterov: false,
+      }],
+      ["momentum 0.9, no weight decay", {
+        lr: 0.3,
+        momentum: 0.9,
+        dampening: 0,
+        weightDecay: 0,
+        nesterov: false,
+      }],
+    ];
+    for (const [what, h] of kinds) {
+      const p0 = values(n, -1, 1);
+      const param = be.alloc(n);
+      be.write(param, p0);
+      const buf = be.alloc(n);
+      be.write(buf, new Float32Array(n).fill(NaN)); // the first step must not read it
+      const p = Float64Array.from(p0);
+      const b = new Float64Array(n);
+      for (let step = 0; step < 4; step++) {
+        const g = values(n, -0.1, 0.1);
+        const grad = be.alloc(n);
+        be.write(grad, g);
+        // A learning rate that moves each step, as a schedule's does.
+        const lr = h.lr * (1 - 0.2 * step);
+        be.sgdUpdateMany({
+          params: [param],
+          grads: [grad],
+          momentumBuffers: [buf],
+          lengths: [n],
+          step: { ...h, lr, firstStep: step === 0 },
+        });
+        be.free(grad);
+        for (let i = 0; i < n; i++) {
+          const d = g[i] + h.weightDecay * p[i];
+          b[i] = step === 0 ? d : h.momentum * b[i] + (1 - h.dampening) * d;
+          p[i] -= lr * b[i];
+        }
+      }
+      assertClose(be.read(buf), b, `${what}: buffer`);
+      assertClose(be.read(param), p, `${what}: parameters`);
+    }
+    const [x0, y0] = [values(n, -1, 1), values(n, -1, 1)];
+    const [x, y] = [be.alloc(n), be.alloc(n)];
+    be.write(x, x0);
+    be.write(y, y0);
+    const want = Float64Array.from(y0);
+    for (const m of [0.99, 0.996, 1, 0.5]) {
+      be.axpbyMany({ alpha: 1 - m, beta: m, xs: [x], ys: [y], lengths: [n] });
+      for (let i = 0; i < n; i++) want[i] = m * want[i] + (1 - m) * x0[i];
+    }
+    assertClose(be.read(y), want, "moving average");
+    const ran = be.dnnlOps!.implementations().map(([key]) => key.split(" ")[0]);
+    for (const kind of ["sum", "axpy", "axpby"]) {
+      assert.ok(ran.includes(kind), `no ${kind} plan on oneDNN: ${ran}`);
+    }
   },
 );

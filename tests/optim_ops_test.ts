@@ -109,9 +109,10 @@ Deno.test("larsAdapt() scales the gradient by LARC's trust ratio and skips zero 
 
 /**
  * Lengths of a small parameter list: empty tensors first, among and last,
- * one element, and tensors past a block of 256 threads.
+ * one element, tensors past a block of 256 threads, and one large enough
+ * for the CPU backend to hand to oneDNN.
  */
-const LENGTHS = [0, 7, 0, 300, 1, 0, 1025, 33, 0];
+const LENGTHS = [0, 7, 0, 300, 1, 0, 1025, 33, 0, 5000];
 /** Elements past each tensor's length, which no op may touch. */
 const SPARE = 2;
 
