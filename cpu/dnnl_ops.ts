@@ -96,6 +96,12 @@ function onThreads<T>(elements: number, build: (small: boolean) => T): T {
     : build(false);
 }
 
+/**
+ * allFinite's row length: long enough for oneDNN's reduction to run at the
+ * rate of memory, short enough that the tail left to TypeScript is small.
+ */
+const FINITE_ROW = 4096;
+
 function bnFlags(scale: boolean, shift: boolean): number {
   return (scale ? BNORM.scale : 0) | (shift ? BNORM.shift : 0);
 }
@@ -143,6 +149,8 @@ export class DnnlOps {
   /** Per-channel float32 temporaries (variances), grown as needed. */
   #channels = new Float32Array(0);
   #channels2 = new Float32Array(0);
+  /** allFinite's row sums, grown as needed. */
+  #rowTotals = new Float32Array(0);
   /** The run-time factors of axpy and axpby. */
   readonly #scalars = new Float32Array(1);
   readonly #scalars2 = new Float32Array(1);
@@ -549,6 +557,30 @@ export class DnnlOps {
     mean: boolean,
   ): void {
     this.#run(this.#rowsPlan(rows, length, mean), [x, y]);
+  }
+
+  /**
+   * Whether x's first `length` values are all finite, read on all cores:
+   * sums of rows of FINITE_ROW elements (a sum that holds a NaN or an
+   * infinity is not finite; one of finite values that overflows only sends
+   * the caller to its exact path), the tail in TypeScript.
+   */
+  allFinite(x: Float32Array, length: number): boolean {
+    const rows = Math.floor(length / FINITE_ROW);
+    if (rows > 0) {
+      if (this.#rowTotals.length < rows) {
+        this.#rowTotals = new Float32Array(rows);
+      }
+      const sums = this.#rowTotals;
+      this.rowSums(x, sums, rows, FINITE_ROW, false);
+      for (let i = 0; i < rows; i++) {
+        if (!Number.isFinite(sums[i])) return false;
+      }
+    }
+    for (let i = rows * FINITE_ROW; i < length; i++) {
+      if (!Number.isFinite(x[i])) return false;
+    }
+    return true;
   }
 
   /**
