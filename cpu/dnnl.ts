@@ -21,6 +21,24 @@ import { requestedThreads } from "./threads.ts";
 const symbols = {
   dnnl_version: { parameters: [], result: "pointer" },
   dnnl_status2str: { parameters: ["i32"], result: "pointer" },
+  dnnl_sgemm: {
+    parameters: [
+      "u8", // transa ('N' or 'T')
+      "u8", // transb
+      "i64", // M
+      "i64", // N
+      "i64", // K
+      "f32", // alpha
+      "buffer", // A
+      "i64", // lda
+      "buffer", // B
+      "i64", // ldb
+      "f32", // beta
+      "buffer", // C
+      "i64", // ldc
+    ],
+    result: "i32",
+  },
   dnnl_engine_create: { parameters: ["buffer", "i32", "usize"], result: "i32" },
   dnnl_stream_create: {
     parameters: ["buffer", "pointer", "u32"],
@@ -360,6 +378,46 @@ export class Dnnl {
   }
 
   /** Throws an Error naming the call and oneDNN's status unless success. */
+  /**
+   * C = alpha op(A) op(B) + beta C, row-major, on oneDNN's own sgemm (its
+   * OpenMP threads); beta 0 overwrites C without reading it.
+   */
+  sgemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): void {
+    const t = (trans: boolean) => trans ? 84 : 78; // 'T', 'N'
+    this.check(
+      this.#s.dnnl_sgemm(
+        t(transA),
+        t(transB),
+        BigInt(m),
+        BigInt(n),
+        BigInt(k),
+        alpha,
+        a,
+        BigInt(lda),
+        b,
+        BigInt(ldb),
+        beta,
+        c,
+        BigInt(ldc),
+      ),
+      "dnnl_sgemm",
+    );
+  }
+
   check(status: number, call: string): void {
     if (status === 0) return;
     const name = this.#s.dnnl_status2str(status);

@@ -96,6 +96,9 @@ function onThreads<T>(elements: number, build: (small: boolean) => T): T {
     : build(false);
 }
 
+/** The most rows of A for which gemm computes A Bᵀ as its transpose. */
+export const SWAP_ROWS = 64;
+
 /**
  * allFinite's row length: long enough for oneDNN's reduction to run at the
  * rate of memory, short enough that the tail left to TypeScript is small.
@@ -149,6 +152,8 @@ export class DnnlOps {
   /** Per-channel float32 temporaries (variances), grown as needed. */
   #channels = new Float32Array(0);
   #channels2 = new Float32Array(0);
+  /** gemm's transposed product. */
+  readonly #gemmTranspose = new ScratchArray();
   /** allFinite's row sums, grown as needed. */
   #rowTotals = new Float32Array(0);
   /** The run-time factors of axpy and axpby. */
@@ -181,12 +186,13 @@ export class DnnlOps {
   }
 
   /**
-   * Bytes held for max pooling's backward, the fused ReLU's mask and the
-   * blocked copy of a plain batch norm's data.
+   * Bytes held for max pooling's backward, the fused ReLU's mask, the
+   * blocked copy of a plain batch norm's data and gemm's transpose.
    */
   get bytes(): number {
     return this.#poolOutput.bytes + this.#poolWorkspace.bytes +
-      this.#bnWorkspace.bytes + this.#blockedData.bytes;
+      this.#bnWorkspace.bytes + this.#blockedData.bytes +
+      this.#gemmTranspose.bytes;
   }
 
   release(): void {
@@ -194,6 +200,7 @@ export class DnnlOps {
     this.#poolWorkspace.release();
     this.#bnWorkspace.release();
     this.#blockedData.release();
+    this.#gemmTranspose.release();
   }
 
   /**
@@ -557,6 +564,48 @@ export class DnnlOps {
     mean: boolean,
   ): void {
     this.#run(this.#rowsPlan(rows, length, mean), [x, y]);
+  }
+
+  /**
+   * C = alpha op(A) op(B) + beta C, row-major with leading dimensions, on
+   * oneDNN's sgemm. A times B transposed with at most SWAP_ROWS rows of A
+   * (a linear layer's forward at a small batch) runs as its transpose,
+   * B times A transposed, into a temporary that is then transposed into C:
+   * oneDNN is 3 times as fast that way round (16 x 2048 by 2048: 1.2
+   * against 3.6 ms, OpenBLAS 2.8).
+   */
+  gemm(
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): void {
+    const dn = this.#dnnl;
+    if (!transB || transA || m > SWAP_ROWS) {
+      dn.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+      return;
+    }
+    const t = this.#gemmTranspose.get(m * n);
+    dn.sgemm(false, true, n, m, k, alpha, b, ldb, a, lda, 0, t, m);
+    for (let i = 0; i < m; i++) {
+      const row = i * ldc;
+      if (beta === 0) {
+        for (let j = 0; j < n; j++) c[row + j] = t[j * m + i];
+      } else {
+        for (let j = 0; j < n; j++) {
+          c[row + j] = t[j * m + i] + beta * c[row + j];
+        }
+      }
+    }
   }
 
   /**

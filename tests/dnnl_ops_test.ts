@@ -831,3 +831,101 @@ Deno.test(
     assert.ok(ran.some((k) => k.startsWith("row sums")), `${ran}`);
   },
 );
+
+Deno.test(
+  `gemm on oneDNN matches float64 for every transpose, leading dimensions and beta, its transposed route too, and the backend routes large products to it${skipped}`,
+  { ignore: lib === null },
+  () => {
+    const scratch = new Scratch();
+    const ops = new DnnlOps(lib!, (n) => scratch.get(n), new Layouts(lib!));
+    // m 16 takes the transposed route for A Bᵀ, m 80 the direct one.
+    for (const [m, n, k] of [[16, 40, 24], [80, 33, 17]]) {
+      for (const [transA, transB] of [[0, 0], [0, 1], [1, 0], [1, 1]]) {
+        for (const beta of [0, 0.5]) {
+          // Each matrix stored with 3 spare columns.
+          const [ra, ca] = transA ? [k, m] : [m, k];
+          const [rb, cb] = transB ? [n, k] : [k, n];
+          const [lda, ldb, ldc] = [ca + 3, cb + 3, n + 3];
+          const a = values(ra * lda, -1, 1);
+          const b = values(rb * ldb, -1, 1);
+          const c0 = values(m * ldc, -1, 1);
+          // beta 0 overwrites C: what it held, even NaN, is not read.
+          // The spare columns hold numbers, which must stay as they are.
+          for (let i = 0; beta === 0 && i < m; i++) {
+            c0.fill(NaN, i * ldc, i * ldc + n);
+          }
+          const c = c0.slice();
+          const alpha = 1.5;
+          ops.gemm(
+            !!transA,
+            !!transB,
+            m,
+            n,
+            k,
+            alpha,
+            a,
+            lda,
+            b,
+            ldb,
+            beta,
+            c,
+            ldc,
+          );
+          const want = Float64Array.from(c0);
+          for (let i = 0; i < m; i++) {
+            for (let j = 0; j < n; j++) {
+              let s = 0;
+              for (let p = 0; p < k; p++) {
+                const x = transA ? a[p * lda + i] : a[i * lda + p];
+                const y = transB ? b[j * ldb + p] : b[p * ldb + j];
+                s += x * y;
+              }
+              want[i * ldc + j] = alpha * s +
+                (beta === 0 ? 0 : beta * c0[i * ldc + j]);
+            }
+          }
+          const what = `m ${m} ${transA ? "T" : "N"}${
+            transB ? "T" : "N"
+          } beta ${beta}`;
+          assertClose(c, want, what);
+        }
+      }
+    }
+    // A step-sized product through the backend (a linear layer's forward
+    // at batch 16) against float64.
+    const be = new CpuBackend();
+    const [m, n, k] = [16, 1024, 1024];
+    const [xa, wa] = [values(m * k, -1, 1), values(n * k, -1, 1)];
+    const [x, w, y] = [be.alloc(m * k), be.alloc(n * k), be.alloc(m * n)];
+    be.write(x, xa);
+    be.write(w, wa);
+    be.gemm({
+      transA: false,
+      transB: true,
+      m,
+      n,
+      k,
+      alpha: 1,
+      a: x,
+      aOffset: 0,
+      lda: k,
+      b: w,
+      bOffset: 0,
+      ldb: k,
+      beta: 0,
+      c: y,
+      cOffset: 0,
+      ldc: n,
+    });
+    const want = new Float64Array(m * n);
+    for (let i = 0; i < m; i++) {
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0; p < k; p++) s += xa[i * k + p] * wa[j * k + p];
+        want[i * n + j] = s;
+      }
+    }
+    assertClose(be.read(y), want, "backend gemm");
+    assert.ok(be.dnnlOps!.bytes >= 4 * m * n, "the transposed route ran");
+  },
+);
