@@ -67,6 +67,12 @@ const DEFAULT_NAMES = [
   "libopenblas.dll",
 ];
 
+/**
+ * sgemm's arguments in CBLAS's order (row-major): transA, transB, m, n, k,
+ * alpha, A, lda, B, ldb, beta, C, ldc.
+ */
+export type SgemmArgs = Parameters<Blas["sgemm"]>;
+
 /** The few CBLAS calls the CPU backend makes, with row-major semantics. */
 export interface Blas {
   /** The library file that was loaded. */

@@ -16,6 +16,7 @@
  * @module
  */
 
+import type { SgemmArgs } from "./blas.ts";
 import { requestedThreads } from "./threads.ts";
 
 const symbols = {
@@ -382,21 +383,8 @@ export class Dnnl {
    * C = alpha op(A) op(B) + beta C, row-major, on oneDNN's own sgemm (its
    * OpenMP threads); beta 0 overwrites C without reading it.
    */
-  sgemm(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: Float32Array,
-    lda: number,
-    b: Float32Array,
-    ldb: number,
-    beta: number,
-    c: Float32Array,
-    ldc: number,
-  ): void {
+  sgemm(...args: SgemmArgs): void {
+    const [transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc] = args;
     const t = (trans: boolean) => trans ? 84 : 78; // 'T', 'N'
     this.check(
       this.#s.dnnl_sgemm(

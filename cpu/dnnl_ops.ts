@@ -38,6 +38,7 @@
  */
 
 import type { BatchNormDesc, PoolDesc, SgdStep } from "../nn/backend.ts";
+import type { SgemmArgs } from "./blas.ts";
 import { Scratch as ScratchArray } from "./allocator.ts";
 import type { Scratch } from "./conv.ts";
 import type { BlockedLayout, Layouts } from "./layout.ts";
@@ -574,24 +575,11 @@ export class DnnlOps {
    * oneDNN is 3 times as fast that way round (16 x 2048 by 2048: 1.2
    * against 3.6 ms, OpenBLAS 2.8).
    */
-  gemm(
-    transA: boolean,
-    transB: boolean,
-    m: number,
-    n: number,
-    k: number,
-    alpha: number,
-    a: Float32Array,
-    lda: number,
-    b: Float32Array,
-    ldb: number,
-    beta: number,
-    c: Float32Array,
-    ldc: number,
-  ): void {
+  gemm(...args: SgemmArgs): void {
+    const [transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc] = args;
     const dn = this.#dnnl;
     if (!transB || transA || m > SWAP_ROWS) {
-      dn.sgemm(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+      dn.sgemm(...args);
       return;
     }
     const t = this.#gemmTranspose.get(m * n);
