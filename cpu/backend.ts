@@ -429,7 +429,9 @@ export class CpuBackend implements Backend {
     // Elementwise: in the operands' layout when they share one.
     const same = whole && commonLayout(x, y) !== null;
     const [xs, ys] = same ? [cpu(x).raw, cpu(y).raw] : [host(x), host(y)];
-    if (ops && n >= OPTIM_ON_DNNL && beta !== 0 && xs !== ys) {
+    // oneDNN's form scales x by alpha / beta: beta is kept far from 0.
+    const onDnnl = n >= OPTIM_ON_DNNL && Math.abs(beta) >= 2 ** -20;
+    if (ops && onDnnl && xs !== ys) {
       ops.axpby(alpha, xs, beta, ys, n);
     } else ew.axpby(n, alpha, xs, beta, ys);
   }

@@ -929,3 +929,18 @@ Deno.test(
     assert.ok(be.dnnlOps!.bytes >= 4 * m * n, "the transposed route ran");
   },
 );
+
+Deno.test(
+  `a large axpby with beta near 0 stays exact, where oneDNN's alpha / beta form would overflow${skipped}`,
+  { ignore: lib === null },
+  () => {
+    const be = new CpuBackend();
+    const n = 8192;
+    const [x, y] = [be.alloc(n), be.alloc(n)];
+    be.write(x, new Float32Array(n).fill(1e10));
+    be.write(y, new Float32Array(n).fill(2));
+    be.axpby({ n, alpha: 1, x, beta: 1e-30, y });
+    // 1e10 + 2e-30 is 1e10 in float32; (1 / 1e-30) 1e10 is infinite.
+    assert.deepEqual([...new Set(be.read(y))], [Math.fround(1e10)]);
+  },
+);
