@@ -190,10 +190,10 @@ const ROW_REDUCTION = 256;
 
 /**
  * Elements from which the optimiser's updates run on oneDNN, where they
- * are bound by memory instead of one core's loop: from here up oneDNN is
- * faster (SGD with momentum, 4,096 elements: 13.7 against 13.1 µs; 65,536:
- * 52 against 365 µs; 25 M: 37 against 76 ms; the moving average 5 against
- * 7 µs, 12 against 186 µs, 10 against 39 ms).
+ * are bound by memory instead of one core's loop (SGD with momentum through
+ * sgdUpdateMany, oneDNN against TypeScript: 4,096 elements, 12-17 against
+ * 21-23 µs; 65,536: 33-41 against 295 µs; 25 M: 21-23 against 108-118 ms;
+ * the moving average 5 against 7 µs, 12 against 186 µs, 10 against 39 ms).
  */
 const OPTIM_ON_DNNL = 4096;
 

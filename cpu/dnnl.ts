@@ -168,18 +168,6 @@ const symbols = {
     parameters: ["buffer", "buffer", "pointer", "pointer", "pointer"],
     result: "i32",
   },
-  dnnl_sum_primitive_desc_create: {
-    parameters: [
-      "buffer",
-      "buffer",
-      "i32",
-      "buffer",
-      "buffer",
-      "pointer",
-      "pointer",
-    ],
-    result: "i32",
-  },
   dnnl_reorder_primitive_desc_create: {
     parameters: ["buffer", "buffer", "pointer", "buffer", "pointer", "pointer"],
     result: "i32",
@@ -261,8 +249,6 @@ export const ARG = {
   workspace: 64,
   diffScale: 255,
   diffShift: 256,
-  /** The first of a sum's sources; source i is `multipleSrc + i`. */
-  multipleSrc: 1024,
 } as const;
 
 /**
@@ -690,29 +676,6 @@ export class Dnnl {
           hint,
         ),
       `dnnl_primitive_desc_create(${what})`,
-    );
-  }
-
-  /**
-   * A sum's primitive descriptor: dst = the sum of scales[i] * srcs[i],
-   * all of descriptor `md` (dst may be srcs[0]).
-   */
-  sumDesc(md: Uint8Array, scales: readonly number[]): Handle {
-    const n = scales.length;
-    const srcs = new Uint8Array(n * MEMORY_DESC_BYTES);
-    for (let i = 0; i < n; i++) srcs.set(md, i * MEMORY_DESC_BYTES);
-    return this.#handle(
-      (o) =>
-        this.#s.dnnl_sum_primitive_desc_create(
-          o,
-          md,
-          n,
-          Float32Array.from(scales),
-          srcs,
-          this.userScratchpad,
-          this.engine,
-        ),
-      "dnnl_sum_primitive_desc_create",
     );
   }
 

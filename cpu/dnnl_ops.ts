@@ -503,29 +503,11 @@ export class DnnlOps {
   }
 
   /**
-   * dst = the sum of scales[i] srcs[i] over `length` elements; dst may be
-   * srcs[0]. The scales are built into the primitive, so they should be
-   * few and fixed (a momentum, a weight decay), not a schedule's values.
-   */
-  sum(
-    scales: readonly number[],
-    srcs: Float32Array[],
-    dst: Float32Array,
-    length: number,
-  ): void {
-    this.#run(this.#sumPlan(scales, length), [
-      ...srcs.slice(0, scales.length),
-      dst,
-    ]);
-  }
-
-  /**
    * One SGD step with momentum, PyTorch's rule, in two passes: the buffer
-   * (a sum with the momentum, dampening and weight decay as fixed scales),
-   * then the parameter (an axpy by the learning rate). Returns false, and
-   * touches nothing, for a case it leaves to the TypeScript kernel: no
-   * momentum (there the weight decay would be folded into a factor
-   * 1 - lr wd that float32 rounds to a few percent of its decay), or
+   * (#momentum), then the parameter (an axpy by the learning rate). Returns
+   * false, and touches nothing, for a case it leaves to the TypeScript
+   * kernel: no momentum (there the weight decay would be folded into a
+   * factor 1 - lr wd that float32 rounds to a few percent of its decay), or
    * Nesterov's step after the first (three factors that move with the
    * learning rate).
    */
@@ -538,16 +520,22 @@ export class DnnlOps {
   ): boolean {
     const { lr, momentum: mu, weightDecay: wd } = s;
     if (buf === null || mu === 0 || (s.nesterov && !s.firstStep)) return false;
-    if (s.firstStep) {
+    if (s.firstStep && wd === 0) {
       // PyTorch starts the buffer as the gradient itself, undamped.
-      this.sum(wd === 0 ? [1] : [1, wd], [grad, param], buf, length);
-      this.axpy(-lr * (s.nesterov ? 1 + mu : 1), buf, param, length);
-      return true;
+      buf.set(grad.subarray(0, length));
+    } else {
+      this.#scalars[0] = wd === 0 ? 1 - s.dampening : wd;
+      this.#scalars2[0] = 1 - s.dampening;
+      const plan = this.#momentumPlan(
+        length,
+        wd !== 0,
+        s.firstStep ? null : mu,
+      );
+      const factors = wd === 0 ? [this.#scalars] : [this.#scalars, grad];
+      if (wd !== 0 && !s.firstStep) factors.push(this.#scalars2);
+      this.#run(plan, [wd === 0 ? grad : param, ...factors, buf]);
     }
-    const keep = 1 - s.dampening;
-    const scales = wd === 0 ? [mu, keep] : [mu, keep, keep * wd];
-    this.sum(scales, [buf, grad, param], buf, length);
-    this.axpy(-lr, buf, param, length);
+    this.axpy(-lr * (s.nesterov ? 1 + mu : 1), buf, param, length);
     return true;
   }
 
@@ -792,18 +780,41 @@ export class DnnlOps {
     });
   }
 
-  #sumPlan(scales: readonly number[], length: number): Plan {
-    const key = `sum ${scales.join(" ")} ${length}`;
+  /**
+   * The momentum buffer in one pass, in PyTorch's order of operations:
+   * buf = mu buf + keep (g + wd p), keep = 1 - dampening; on the first step
+   * (mu null) buf = g + wd p. A binary multiply of p by the one-element wd,
+   * then binary post-ops (+ g, then times the one-element keep) and the sum
+   * post-op scaled by mu; without weight decay, g times keep plus mu buf.
+   * wd and keep are given at run time, so a weight-decay schedule builds no
+   * new plans; mu, rarely scheduled, is built in.
+   */
+  #momentumPlan(length: number, decay: boolean, mu: number | null): Plan {
+    const key = `momentum ${decay ? "wd" : "no-wd"} ${mu ?? "first"} ${length}`;
     return this.#cached(key, null, length, () => {
       const dn = this.#dnnl;
       const data = dn.memoryDesc([length], plainTag(1));
-      return this.#plan(
-        dn.sumDesc(data, scales),
-        scales.map((_, i) =>
-          [ARG.multipleSrc + i, data] as [number, Uint8Array]
-        )
-          .concat([[ARG.dst, data]]),
+      const scalar = dn.memoryDesc([1], plainTag(1));
+      type Op = { sum: number } | { binary: number; md: Uint8Array };
+      const postOps: Op[] = decay ? [{ binary: ALG.binaryAdd, md: data }] : [];
+      if (decay && mu !== null) {
+        postOps.push({ binary: ALG.binaryMul, md: scalar });
+      }
+      if (mu !== null) postOps.push({ sum: mu });
+      const pd = dn.primitiveDesc(
+        dn.binaryDesc(ALG.binaryMul, data, scalar, data),
+        null,
+        "binary mul",
+        dn.postOpsAttr(postOps),
       );
+      const args: [number, Uint8Array][] = [[ARG.src, data], [
+        ARG.src1,
+        scalar,
+      ]];
+      if (decay) args.push([postOpSrc1(0), data]);
+      if (decay && mu !== null) args.push([postOpSrc1(1), scalar]);
+      args.push([ARG.dst, data]);
+      return this.#plan(pd, args);
     });
   }
 

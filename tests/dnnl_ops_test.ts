@@ -757,18 +757,20 @@ Deno.test(
         const g = values(n, -0.1, 0.1);
         const grad = be.alloc(n);
         be.write(grad, g);
-        // A learning rate that moves each step, as a schedule's does.
+        // A learning rate and weight decay that move each step, as
+        // schedules' do.
         const lr = h.lr * (1 - 0.2 * step);
+        const weightDecay = h.weightDecay * (1 + step);
         be.sgdUpdateMany({
           params: [param],
           grads: [grad],
           momentumBuffers: [buf],
           lengths: [n],
-          step: { ...h, lr, firstStep: step === 0 },
+          step: { ...h, lr, weightDecay, firstStep: step === 0 },
         });
         be.free(grad);
         for (let i = 0; i < n; i++) {
-          const d = g[i] + h.weightDecay * p[i];
+          const d = g[i] + weightDecay * p[i];
           b[i] = step === 0 ? d : h.momentum * b[i] + (1 - h.dampening) * d;
           p[i] -= lr * b[i];
         }
@@ -787,9 +789,16 @@ Deno.test(
     }
     assertClose(be.read(y), want, "moving average");
     const ran = be.dnnlOps!.implementations().map(([key]) => key.split(" ")[0]);
-    for (const kind of ["sum", "axpy", "axpby"]) {
+    for (const kind of ["momentum", "axpy", "axpby"]) {
       assert.ok(ran.includes(kind), `no ${kind} plan on oneDNN: ${ran}`);
     }
+    // The schedules' values are given at run time: one plan per case (the
+    // first step and later ones, with and without weight decay; the first
+    // without is a copy), not one per step.
+    const momentum = be.dnnlOps!.implementations().filter(([key]) =>
+      key.startsWith("momentum")
+    );
+    assert.equal(momentum.length, 3, `${momentum}`);
   },
 );
 
