@@ -807,10 +807,8 @@ export class DnnlOps {
         "binary mul",
         dn.postOpsAttr(postOps),
       );
-      const args: [number, Uint8Array][] = [[ARG.src, data], [
-        ARG.src1,
-        scalar,
-      ]];
+      const args: [number, Uint8Array][] = [];
+      args.push([ARG.src, data], [ARG.src1, scalar]);
       if (decay) args.push([postOpSrc1(0), data]);
       if (decay && mu !== null) args.push([postOpSrc1(1), scalar]);
       args.push([ARG.dst, data]);
