@@ -47,7 +47,7 @@ import type {
 } from "../nn/backend.ts";
 import { tensorCount } from "../nn/backend.ts";
 import { CachingAllocator, Scratch } from "./allocator.ts";
-import { type Blas, blas } from "./blas.ts";
+import { type Blas, blas, type SgemmArgs } from "./blas.ts";
 import * as bn from "./batchnorm.ts";
 import * as conv from "./conv.ts";
 import { type Dnnl, dnnl, tryDnnl } from "./dnnl.ts";
@@ -367,9 +367,7 @@ export class CpuBackend implements Backend {
     const c = host(g.c);
     const large = g.m * g.n * g.k >= SMALL_GEMM &&
       (g.beta === 0 || g.m <= SWAP_ROWS);
-    const ops = large ? this.#dnnlOps() : null;
-    const run = ops ? ops.gemm.bind(ops) : this.blas.sgemm.bind(this.blas);
-    run(
+    const args: SgemmArgs = [
       g.transA,
       g.transB,
       g.m,
@@ -383,7 +381,10 @@ export class CpuBackend implements Backend {
       g.beta,
       g.cOffset === 0 ? c : c.subarray(g.cOffset),
       g.ldc,
-    );
+    ];
+    const ops = large ? this.#dnnlOps() : null;
+    if (ops) ops.gemm(...args);
+    else this.blas.sgemm(...args);
   }
 
   dot(a: DotArgs): void {

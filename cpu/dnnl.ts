@@ -257,6 +257,12 @@ export const ARG = {
  */
 export const postOpSrc1 = (index: number): number =>
   16384 * (index + 1) | ARG.src1;
+/**
+ * A post-op: a sum (the result plus `sum` times what dst held) or a binary
+ * op `binary` with a second operand of descriptor `md`.
+ */
+export type PostOp = { sum: number } | { binary: number; md: Uint8Array };
+
 export const QUERY = {
   srcMd: 129,
   diffSrcMd: 130,
@@ -323,9 +329,7 @@ export class Dnnl {
    * `sum` times what dst held) or a binary op with a second operand of
    * descriptor `md` (given at execution as `postOpSrc1(its index)`).
    */
-  postOpsAttr(
-    postOps: ({ sum: number } | { binary: number; md: Uint8Array })[],
-  ): Handle {
+  postOpsAttr(postOps: PostOp[]): Handle {
     const attr = this.#attr();
     const chain = this.#handle(
       (o) => this.#s.dnnl_post_ops_create(o),
@@ -364,7 +368,6 @@ export class Dnnl {
     return attr;
   }
 
-  /** Throws an Error naming the call and oneDNN's status unless success. */
   /**
    * C = alpha op(A) op(B) + beta C, row-major, on oneDNN's own sgemm (its
    * OpenMP threads); beta 0 overwrites C without reading it.
@@ -392,6 +395,7 @@ export class Dnnl {
     );
   }
 
+  /** Throws an Error naming the call and oneDNN's status unless success. */
   check(status: number, call: string): void {
     if (status === 0) return;
     const name = this.#s.dnnl_status2str(status);

@@ -52,6 +52,7 @@ import {
   FORMAT_ANY,
   type Handle,
   plainTag,
+  type PostOp,
   postOpSrc1,
   PROP,
   QUERY,
@@ -155,9 +156,9 @@ export class DnnlOps {
   #channels2 = new Float32Array(0);
   /** gemm's transposed product. */
   readonly #gemmTranspose = new ScratchArray();
-  /** allFinite's row sums, grown as needed. */
-  #rowTotals = new Float32Array(0);
-  /** The run-time factors of axpy and axpby. */
+  /** allFinite's row sums. */
+  readonly #rowTotals = new ScratchArray();
+  /** The run-time factors of axpy, axpby and the momentum buffer. */
   readonly #scalars = new Float32Array(1);
   readonly #scalars2 = new Float32Array(1);
 
@@ -188,12 +189,13 @@ export class DnnlOps {
 
   /**
    * Bytes held for max pooling's backward, the fused ReLU's mask, the
-   * blocked copy of a plain batch norm's data and gemm's transpose.
+   * blocked copy of a plain batch norm's data, gemm's transpose and the
+   * finiteness check's row sums.
    */
   get bytes(): number {
     return this.#poolOutput.bytes + this.#poolWorkspace.bytes +
       this.#bnWorkspace.bytes + this.#blockedData.bytes +
-      this.#gemmTranspose.bytes;
+      this.#gemmTranspose.bytes + this.#rowTotals.bytes;
   }
 
   release(): void {
@@ -202,6 +204,7 @@ export class DnnlOps {
     this.#bnWorkspace.release();
     this.#blockedData.release();
     this.#gemmTranspose.release();
+    this.#rowTotals.release();
   }
 
   /**
@@ -482,7 +485,7 @@ export class DnnlOps {
 
   /**
    * y = alpha x + beta y over `length` elements (x and y distinct, beta
-   * not 0), as beta (y + (alpha / beta) x): the axpy's plan with a second
+   * far enough from 0 that alpha / beta stays finite), as beta (y + (alpha / beta) x): the axpy's plan with a second
    * multiply after the sum, both factors given at run time.
    */
   axpby(
@@ -504,7 +507,7 @@ export class DnnlOps {
 
   /**
    * One SGD step with momentum, PyTorch's rule, in two passes: the buffer
-   * (#momentum), then the parameter (an axpy by the learning rate). Returns
+   * (#momentumPlan), then the parameter (an axpy by the learning rate). Returns
    * false, and touches nothing, for a case it leaves to the TypeScript
    * kernel: no momentum (there the weight decay would be folded into a
    * factor 1 - lr wd that float32 rounds to a few percent of its decay), or
@@ -593,10 +596,7 @@ export class DnnlOps {
   allFinite(x: Float32Array, length: number): boolean {
     const rows = Math.floor(length / FINITE_ROW);
     if (rows > 0) {
-      if (this.#rowTotals.length < rows) {
-        this.#rowTotals = new Float32Array(rows);
-      }
-      const sums = this.#rowTotals;
+      const sums = this.#rowTotals.get(rows);
       this.rowSums(x, sums, rows, FINITE_ROW, false);
       for (let i = 0; i < rows; i++) {
         if (!Number.isFinite(sums[i])) return false;
@@ -795,8 +795,9 @@ export class DnnlOps {
       const dn = this.#dnnl;
       const data = dn.memoryDesc([length], plainTag(1));
       const scalar = dn.memoryDesc([1], plainTag(1));
-      type Op = { sum: number } | { binary: number; md: Uint8Array };
-      const postOps: Op[] = decay ? [{ binary: ALG.binaryAdd, md: data }] : [];
+      const postOps: PostOp[] = decay
+        ? [{ binary: ALG.binaryAdd, md: data }]
+        : [];
       if (decay && mu !== null) {
         postOps.push({ binary: ALG.binaryMul, md: scalar });
       }
