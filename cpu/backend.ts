@@ -69,6 +69,14 @@ export class CpuBuffer implements DataBuffer {
    */
   layout: BlockedLayout | null = null;
   readonly #data: Float32Array;
+  /**
+   * Known to hold no NaN and no -Inf: what oneDNN's ReLU and max pooling
+   * need to match PyTorch's, so the check in front of them can be skipped.
+   * The op that wrote the buffer sets it after writing (`markNoNaNOrNegInf`);
+   * `data` and `raw`, through which anything may write, clear it. Only reads
+   * go through `read` and `readPlain`, which keep it.
+   */
+  #noNaNOrNegInf = false;
 
   constructor(data: Float32Array) {
     this.#data = data;
@@ -76,6 +84,23 @@ export class CpuBuffer implements DataBuffer {
 
   /** The data in plain layout: a blocked buffer is rewritten first. */
   get data(): Float32Array {
+    this.#noNaNOrNegInf = false;
+    return this.readPlain;
+  }
+
+  /** The data in the layout `layout` names, for the ops that know it. */
+  get raw(): Float32Array {
+    this.#noNaNOrNegInf = false;
+    return this.#data;
+  }
+
+  /** As `raw`, for an op that only reads it. */
+  get read(): Float32Array {
+    return this.#data;
+  }
+
+  /** As `data`, for an op that only reads it (the rewrite keeps values). */
+  get readPlain(): Float32Array {
     const layout = this.layout;
     if (layout !== null) {
       this.layout = null;
@@ -84,9 +109,13 @@ export class CpuBuffer implements DataBuffer {
     return this.#data;
   }
 
-  /** The data in the layout `layout` names, for the ops that know it. */
-  get raw(): Float32Array {
-    return this.#data;
+  get noNaNOrNegInf(): boolean {
+    return this.#noNaNOrNegInf;
+  }
+
+  /** Called by the op that has just written values it knows are clean. */
+  markNoNaNOrNegInf(): void {
+    this.#noNaNOrNegInf = true;
   }
 
   get length(): number {
@@ -106,6 +135,11 @@ function cpu(b: DataBuffer): CpuBuffer {
 /** The buffer's data in plain layout. */
 function host(b: DataBuffer): Float32Array {
   return cpu(b).data;
+}
+
+/** The buffer's data in plain layout, for an op that only reads it. */
+function hostRead(b: DataBuffer): Float32Array {
+  return cpu(b).readPlain;
 }
 
 /**
@@ -307,13 +341,13 @@ export class CpuBackend implements Backend {
   }
 
   read(buffer: DataBuffer, offset = 0, length?: number): Float32Array {
-    const data = host(buffer);
+    const data = hostRead(buffer);
     return data.slice(offset, offset + (length ?? data.length - offset));
   }
 
   copy({ src, srcOffset, dst, dstOffset, length }: CopyArgs): void {
     host(dst).set(
-      host(src).subarray(srcOffset, srcOffset + length),
+      hostRead(src).subarray(srcOffset, srcOffset + length),
       dstOffset,
     );
   }
@@ -448,8 +482,8 @@ export class CpuBackend implements Backend {
         conv.conv2dForward(
           this.blas,
           this.#scratchFn,
-          host(x),
-          host(w),
+          hostRead(x),
+          hostRead(w),
           output(y, null),
           d,
         ),
@@ -465,8 +499,8 @@ export class CpuBackend implements Backend {
         conv.conv2dBackwardData(
           this.blas,
           this.#scratchFn,
-          host(dy),
-          host(w),
+          hostRead(dy),
+          hostRead(w),
           output(dx, null),
           d,
         ),
@@ -482,8 +516,8 @@ export class CpuBackend implements Backend {
         conv.conv2dBackwardFilter(
           this.blas,
           this.#scratchFn,
-          host(x),
-          host(dy),
+          hostRead(x),
+          hostRead(dy),
           output(dw, null),
           d,
         ),
@@ -617,6 +651,16 @@ export class CpuBackend implements Backend {
       if (reserve !== null && fused && layout !== null) {
         this.#reluMasks.set(reserve, layout);
       }
+      const finite = bn.trainingOutputFinite(
+        host(a.saveMean),
+        host(a.saveInvStd),
+        hostOrNull(a.scale),
+        hostOrNull(a.bias),
+        a.desc,
+      );
+      // Finite values, and the fused ReLU's of them: the ReLU after it
+      // and the residual sum skip their check.
+      if (finite) cpu(a.y).markNoNaNOrNegInf();
     } else {
       bn.batchNormForwardTraining(
         host(a.x),
@@ -738,10 +782,24 @@ export class CpuBackend implements Backend {
    * threads from FINITE_ON_DNNL elements, else on one OpenBLAS thread.
    */
   #finite(b: DataBuffer): boolean {
-    const data = cpu(b).raw;
+    const c = cpu(b);
+    const data = c.read;
     const ops = data.length >= FINITE_ON_DNNL ? this.#dnnlOps() : null;
-    if (ops) return ops.allFinite(data, data.length);
-    return this.blas.allFinite(data.length, data);
+    const finite = ops
+      ? ops.allFinite(data, data.length)
+      : this.blas.allFinite(data.length, data);
+    if (finite) c.markNoNaNOrNegInf();
+    return finite;
+  }
+
+  /**
+   * Whether a buffer holds no NaN and no -Inf, which is all oneDNN's ReLU,
+   * residual sum + ReLU and max pooling need to give PyTorch's results:
+   * known without a pass where the op that wrote it proved it (the outputs
+   * of those ops, and of batch norms whose statistics bound them).
+   */
+  #noNaNOrNegInf(b: DataBuffer): boolean {
+    return cpu(b).noNaNOrNegInf || this.#finite(b);
   }
 
   /**
@@ -754,11 +812,13 @@ export class CpuBackend implements Backend {
    */
   reluForward({ x, y, length }: ActivationForwardArgs): void {
     if (length === x.length && length === y.length) {
+      const ops = this.#dnnlOps();
+      const exact = ops !== null && this.#noNaNOrNegInf(x);
       const xs = cpu(x).raw;
       const ys = output(y, cpu(x).layout);
-      const ops = this.#dnnlOps();
-      if (ops && this.#finite(x)) {
+      if (exact) {
         ops.reluForward(xs, ys, length);
+        cpu(y).markNoNaNOrNegInf();
       } else ew.reluForward(xs, ys, length);
       return;
     }
@@ -789,10 +849,10 @@ export class CpuBackend implements Backend {
   maxPoolForward({ x, y, desc, reserve }: PoolForwardArgs): void {
     const ops = this.#dnnlOps();
     const kept = reserve ? cpu(reserve) : null;
-    if (ops && this.#finite(x)) {
+    if (ops && this.#noNaNOrNegInf(x)) {
       const xLayout = channelLayout(x, desc.n, desc.c, desc.h * desc.w);
       const layout = ops.maxPoolForward(
-        cpu(x).raw,
+        cpu(x).read,
         cpu(y).raw,
         desc,
         xLayout,
@@ -800,6 +860,8 @@ export class CpuBackend implements Backend {
       );
       if (layout !== undefined) {
         cpu(y).layout = layout;
+        // Maxima of values that are neither NaN nor -Inf.
+        cpu(y).markNoNaNOrNegInf();
         if (kept !== null) this.#poolReserves.set(kept, xLayout);
         return;
       }
@@ -843,7 +905,7 @@ export class CpuBackend implements Backend {
         return;
       }
     }
-    if (ops && this.#finite(x)) {
+    if (ops && this.#noNaNOrNegInf(x)) {
       channelLayout(x, desc.n, desc.c, desc.h * desc.w);
       const run = () =>
         ops.maxPoolBackward(
@@ -871,8 +933,8 @@ export class CpuBackend implements Backend {
 
   /**
    * A sum on oneDNN; with `relu`, the ReLU as oneDNN's post-op of the sum
-   * when both operands are finite (a sum of finite values is never NaN,
-   * and oneDNN's ReLU is exact on everything else), else after it.
+   * when neither operand holds NaN or -Inf (their sum holds neither, and
+   * oneDNN's ReLU is exact on everything else), else after it.
    */
   opTensor(a: OpTensorArgs): void {
     const ops = this.#dnnlOps();
@@ -886,10 +948,12 @@ export class CpuBackend implements Backend {
     ) {
       if (n === a.a.length && n === a.b.length && n === a.c.length) {
         // Elementwise: in the operands' layout when they share one.
+        const fused = relu && this.#noNaNOrNegInf(a.a) &&
+          this.#noNaNOrNegInf(a.b);
         const layout = commonLayout(a.a, a.b);
         const [x, y] = [cpu(a.a).raw, cpu(a.b).raw];
-        const fused = relu && this.#finite(a.a) && this.#finite(a.b);
         ops.add(x, y, output(a.c, layout), n, fused);
+        if (fused) cpu(a.c).markNoNaNOrNegInf();
         if (relu && !fused) thenRelu();
         return;
       }

@@ -126,6 +126,43 @@ export function batchNormForwardTraining(
   }
 }
 
+/**
+ * A bound far below float32's largest value (3.4e38): the margin covers
+ * every rounding in the statistics many times over, and real data sits
+ * thirty orders of magnitude under it.
+ */
+const FINITE_BOUND = 1e30;
+
+/**
+ * Whether a training forward that saved these statistics wrote only
+ * finite values, known from the statistics alone: a NaN or an infinity in
+ * a channel's input makes its mean or variance NaN or infinite, and with
+ * finite statistics every input x obeys |x| <= sqrt(count * E[x^2]),
+ * E[x^2] = var + mean^2 <= 1/invStd^2 + mean^2, so each output
+ * gamma * (x - mean) * invStd + beta is bounded by the channel's figures.
+ * False (not known) whenever a bound reaches FINITE_BOUND.
+ */
+export function trainingOutputFinite(
+  saveMean: Float32Array,
+  saveInvStd: Float32Array,
+  gamma: Float32Array | null,
+  beta: Float32Array | null,
+  d: BatchNormDesc,
+): boolean {
+  const count = d.n * d.spatial;
+  for (let ch = 0; ch < d.c; ch++) {
+    const mean = Math.abs(saveMean[ch]);
+    const invStd = saveInvStd[ch];
+    const g = gamma ? Math.abs(gamma[ch]) : 1;
+    const b = beta ? Math.abs(beta[ch]) : 0;
+    const x = Math.sqrt(count * (1 / (invStd * invStd) + mean * mean));
+    const bound = g * (x + mean) * invStd + b;
+    // Written so that a NaN anywhere fails the test.
+    if (!(invStd > 0 && bound < FINITE_BOUND)) return false;
+  }
+  return true;
+}
+
 export function batchNormForwardInference(
   x: Float32Array,
   y: Float32Array,

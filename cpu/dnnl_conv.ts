@@ -305,7 +305,7 @@ export class DnnlConvolutions {
       const b = buffers[i];
       if (!o.input) return o.keepsLayout;
       if (o.layout !== null && b.layout === o.layout) return true;
-      void b.data;
+      void b.readPlain;
       return false;
     });
     const workspace = this.#scratch(plan.workspace);
@@ -315,7 +315,9 @@ export class DnnlConvolutions {
     const at = (offset: number) =>
       Deno.UnsafePointer.offset(base, start + offset);
     plan.operands.forEach((o, i) => {
-      const data = Deno.UnsafePointer.of(buffers[i].raw);
+      // Inputs are only read: what is known of their values still holds.
+      const b = buffers[i];
+      const data = Deno.UnsafePointer.of(o.input ? b.read : b.raw);
       dn.setData(o.user, data);
       if (o.inner !== null) {
         dn.setData(o.inner, direct[i] ? data : at(o.offset));
