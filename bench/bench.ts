@@ -334,6 +334,16 @@ function kernelCases(): Case[] {
       desc: bn,
       relu,
     });
+  const bnEval = (xIn: DataBuffer, yOut: DataBuffer) => () =>
+    be.batchNormForwardInference({
+      x: xIn,
+      y: yOut,
+      scale: gamma,
+      bias: beta,
+      estimatedMean: mean,
+      estimatedVariance: variance,
+      desc: bn,
+    });
   const bnBackward =
     (xIn: DataBuffer, dyIn: DataBuffer, dxOut: DataBuffer) => () =>
       be.batchNormBackward({
@@ -381,16 +391,7 @@ function kernelCases(): Case[] {
         length: copyLength,
       })),
     k("batch norm fwd train", size, 12, bnTrain(x, y, false)),
-    k("batch norm fwd eval", size, 8, () =>
-      be.batchNormForwardInference({
-        x,
-        y,
-        scale: gamma,
-        bias: beta,
-        estimatedMean: mean,
-        estimatedVariance: variance,
-        desc: bn,
-      })),
+    k("batch norm fwd eval", size, 8, bnEval(x, y)),
     k("batch norm bwd", size, 20, bnBackward(x, dy, dx)),
     k("relu fwd", size, 8, () => be.reluForward({ x, y, length: size })),
     k("relu bwd", size, 12, () => be.reluBackward({ y, dy, dx, length: size })),
@@ -435,6 +436,7 @@ function kernelCases(): Case[] {
     ),
     k("batch norm fwd train, blocked", size, 12, bnTrain(xb, yb, false)),
     k("batch norm + relu fwd train, blocked", size, 12, bnTrain(xb, yb, true)),
+    k("batch norm fwd eval, blocked", size, 8, bnEval(xb, yb)),
     k("batch norm bwd, blocked", size, 20, bnBackward(xb, dyb, dxb)),
     k(
       "max pool 3x3/2 fwd, blocked",
