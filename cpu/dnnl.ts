@@ -17,7 +17,7 @@
  */
 
 import type { SgemmArgs } from "./blas.ts";
-import { requestedThreads } from "./threads.ts";
+import { configureOpenMp } from "./threads.ts";
 
 const symbols = {
   dnnl_version: { parameters: [], result: "pointer" },
@@ -779,22 +779,6 @@ export function dnnl(): Dnnl {
   const d = tryDnnl();
   if (d === null) throw loadError!;
   return d;
-}
-
-/**
- * The OpenMP settings applied before oneDNN (and with it libgomp) is loaded,
- * unless the user set them; libgomp reads its environment once, when loaded.
- * Only the thread count: OMP_WAIT_POLICY=passive and GOMP_SPINCOUNT=1000 or
- * 10000, tried against libgomp's default spinning on ResNet-50's
- * convolutions on two shared cores, changed the rate by less than the
- * run-to-run spread, and passive waiting makes each oneDNN call pay for
- * waking its threads.
- */
-function configureOpenMp(): void {
-  const threads = requestedThreads();
-  if (threads !== null && Deno.env.get("OMP_NUM_THREADS") === undefined) {
-    Deno.env.set("OMP_NUM_THREADS", String(threads));
-  }
 }
 
 function openDnnl(): Dnnl {

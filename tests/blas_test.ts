@@ -53,6 +53,19 @@ Deno.test("MEC_THREADS sets one count for OpenBLAS and oneDNN's OpenMP, over MEC
   );
 });
 
+Deno.test("oneDNN's OpenMP threads poll briefly before sleeping unless the user chose a wait policy", async () => {
+  const dnnlModule = new URL("../cpu/dnnl.ts", import.meta.url).href;
+  const code = `import { tryDnnl } from "${dnnlModule}";
+    tryDnnl();
+    console.log(Deno.env.get("GOMP_SPINCOUNT") ?? "unset");`;
+  const unset = { GOMP_SPINCOUNT: "", OMP_WAIT_POLICY: "" };
+  assert.equal((await runWith(unset, code)).stdout.trim(), "10000");
+  const count = await runWith({ ...unset, GOMP_SPINCOUNT: "5" }, code);
+  assert.equal(count.stdout.trim(), "5");
+  const policy = await runWith({ ...unset, OMP_WAIT_POLICY: "active" }, code);
+  assert.equal(policy.stdout.trim(), "");
+});
+
 Deno.test("a GEMM too small to split runs on one thread and leaves the pool's count as it was", async () => {
   const r = await runWith(
     { MEC_THREADS: "2" },
