@@ -53,7 +53,7 @@ import * as conv from "./conv.ts";
 import { type Dnnl, dnnl, tryDnnl } from "./dnnl.ts";
 import { convKey, type ConvOp, DnnlConvolutions } from "./dnnl_conv.ts";
 import { DnnlOps, SWAP_ROWS } from "./dnnl_ops.ts";
-import { SMALL_GEMM } from "./threads.ts";
+import { adaptThreads, SMALL_GEMM } from "./threads.ts";
 import { type BlockedLayout, Layouts } from "./layout.ts";
 import * as ew from "./elementwise.ts";
 import * as pool from "./pool.ts";
@@ -383,9 +383,13 @@ export class CpuBackend implements Backend {
     this.#ops?.release();
   }
 
-  /** Drops the cached arrays no allocation used since the last call. */
-  trimCache(): void {
+  /**
+   * Drops the cached arrays no allocation used since the last call, and
+   * lets the thread count follow the load (threads.ts).
+   */
+  endStep(): void {
     this.#allocator.trim();
+    adaptThreads();
   }
 
   /**

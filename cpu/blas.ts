@@ -13,7 +13,7 @@
  * @module
  */
 
-import { requestedThreads, SMALL_GEMM } from "./threads.ts";
+import { followThreadCount, requestedThreads, SMALL_GEMM } from "./threads.ts";
 
 const symbols = {
   cblas_sgemm: {
@@ -217,5 +217,6 @@ function wrap(lib: Deno.DynamicLibrary<typeof symbols>, path: string): Blas {
   };
   const threads = requestedThreads();
   if (threads !== null) b.setThreads(threads);
+  else followThreadCount((n) => b.setThreads(n));
   return b;
 }

@@ -31,6 +31,7 @@ import {
   PROP,
   QUERY,
 } from "./dnnl.ts";
+import { keyForThreads } from "./threads.ts";
 
 /** The three convolution ops. */
 export type ConvOp = "forward" | "backwardData" | "backwardFilter";
@@ -123,8 +124,9 @@ export class DnnlConvolutions {
     return this.#plan(op, d).implementation;
   }
 
+  /** A shape's descriptors and plans, for the thread count in force. */
   #shape(d: ConvDesc): Shape {
-    const key = convKey(d);
+    const key = keyForThreads(convKey(d));
     let shape = this.#shapes.get(key);
     if (shape !== undefined) return shape;
     const dn = this.#dnnl;

@@ -42,7 +42,7 @@ import type { SgemmArgs } from "./blas.ts";
 import { Scratch as ScratchArray } from "./allocator.ts";
 import type { Scratch } from "./conv.ts";
 import type { BlockedLayout, Layouts } from "./layout.ts";
-import { singleThreaded, SMALL_OP } from "./threads.ts";
+import { keyForThreads, singleThreaded, SMALL_OP } from "./threads.ts";
 import {
   ALG,
   ARG,
@@ -922,8 +922,10 @@ export class DnnlOps {
    * oneDNN's output layout would not fit the output's buffer.
    */
   #poolPlan(d: PoolDesc, layout: BlockedLayout | null): PoolPlan | null {
-    const key = `${d.n},${d.c},${d.h},${d.w},${d.kh},${d.kw},` +
-      `${d.strideH},${d.strideW},${d.padH},${d.padW}`;
+    const key = keyForThreads(
+      `${d.n},${d.c},${d.h},${d.w},${d.kh},${d.kw},` +
+        `${d.strideH},${d.strideW},${d.padH},${d.padW}`,
+    );
     let byLayout = this.#pools.get(key);
     if (byLayout === undefined) {
       byLayout = new Map();
@@ -1017,7 +1019,7 @@ export class DnnlOps {
     const dims = bnDims(d);
     const elements = bnElements(d);
     if (d.spatial === 1 || elements <= SMALL_OP) return null;
-    const key = dims.join(",");
+    const key = keyForThreads(dims.join(","));
     let route = this.#bnBlocked.get(key);
     if (route !== undefined) return route;
     const dn = this.#dnnl;
@@ -1085,10 +1087,11 @@ export class DnnlOps {
     elements: number,
     build: () => Plan,
   ): Plan {
-    let plans = this.#plans.get(key);
+    const threadsKey = keyForThreads(key);
+    let plans = this.#plans.get(threadsKey);
     if (plans === undefined) {
       plans = new Map();
-      this.#plans.set(key, plans);
+      this.#plans.set(threadsKey, plans);
     }
     let plan = plans.get(layout);
     if (plan === undefined) {

@@ -5,9 +5,10 @@
  * each the same count fills the cores without oversubscribing them.
  *
  * `MEC_THREADS=N` sets it; `MEC_BLAS_THREADS`, its older name, is read when
- * `MEC_THREADS` is not set; otherwise each library keeps its own default
- * (all the cores). `OMP_NUM_THREADS`, when the user sets it, wins for
- * oneDNN.
+ * `MEC_THREADS` is not set; `OMP_NUM_THREADS`, when the user sets it, wins
+ * for oneDNN. Otherwise every pool starts on all the cores and the count
+ * follows the load ({@link adaptThreads}): a core another process keeps
+ * busy is left to it, and taken back when it is free.
  *
  * Products too small to split pay more for the hand-off to a second thread
  * than they save, and much more when another process holds a core: a
@@ -19,6 +20,8 @@
  *
  * @module
  */
+
+import { coresBetween, type CpuTimes, readCpuTimes } from "./load.ts";
 
 /**
  * Multiply-adds (m * n * k) under which a GEMM runs on one thread: 16.8 M,
@@ -102,12 +105,8 @@ let gomp:
   | null
   | undefined;
 
-/**
- * Runs `fn` with OpenMP's thread count at 1 on this thread (oneDNN reads it
- * when a primitive is built and when it runs), then restores it. Where
- * libgomp cannot be opened, `fn` runs as it is.
- */
-export function singleThreaded<T>(fn: () => T): T {
+/** libgomp, opened after {@link configureOpenMp}; null where it is not found. */
+function openMp(): Deno.DynamicLibrary<typeof gompSymbols>["symbols"] | null {
   if (gomp === undefined) {
     configureOpenMp();
     try {
@@ -115,13 +114,148 @@ export function singleThreaded<T>(fn: () => T): T {
     } catch {
       gomp = null;
     }
+    if (gomp !== null && adapted !== null) gomp.omp_set_num_threads(adapted);
   }
-  const threads = gomp === null ? 1 : gomp.omp_get_max_threads();
+  return gomp;
+}
+
+/**
+ * Runs `fn` with OpenMP's thread count at 1 on this thread (oneDNN reads it
+ * when a primitive is built and when it runs), then restores it. Where
+ * libgomp cannot be opened, `fn` runs as it is.
+ */
+export function singleThreaded<T>(fn: () => T): T {
+  const omp = openMp();
+  const threads = omp === null ? 1 : omp.omp_get_max_threads();
   if (threads <= 1) return fn();
-  gomp!.omp_set_num_threads(1);
+  omp!.omp_set_num_threads(1);
   try {
     return fn();
   } finally {
-    gomp!.omp_set_num_threads(threads);
+    omp!.omp_set_num_threads(threads);
   }
+}
+
+// --- Following the load ------------------------------------------------------
+
+/**
+ * The count the load chose ({@link adaptThreads}), or null while the pools
+ * keep the count they started with.
+ */
+let adapted: number | null = null;
+
+/** The count the pools started with, once {@link adaptThreads} needed it. */
+let startThreads: number | undefined;
+
+/** Pools told of each new count (OpenBLAS's, once it is loaded). */
+const followers: ((threads: number) => void)[] = [];
+
+/**
+ * The thread count in force, for caches of primitives that fix their
+ * thread count when they are built (oneDNN's): 0 while every pool has the
+ * count it started with, else the count {@link adaptThreads} chose.
+ */
+export function threadCount(): number {
+  return adapted === null || adapted === startThreads ? 0 : adapted;
+}
+
+/**
+ * `key` for a cache of primitives built for the thread count in force: as
+ * it is while the pools keep their starting count, else with the count.
+ */
+export function keyForThreads(key: string): string {
+  const threads = threadCount();
+  return threads === 0
+    ? key
+    : `${key}, ${threads} thread${threads === 1 ? "" : "s"}`;
+}
+
+/**
+ * Has `set` called with each count {@link adaptThreads} chooses, and at
+ * once with the one in force if it chose one already.
+ */
+export function followThreadCount(set: (threads: number) => void): void {
+  followers.push(set);
+  if (adapted !== null) set(adapted);
+}
+
+/**
+ * The thread count for `max` cores of which other processes keep `others`
+ * busy: a core counts as taken from OTHERS_TAKE of it. On two cores with a
+ * busy loop on one, the demo's step took 0.59 s on two threads against
+ * 0.26 s on one, since each parallel region waits for the thread the
+ * scheduler gave away; on an idle machine two took 0.17 s.
+ */
+export function chooseThreads(max: number, others: number): number {
+  return Math.max(1, Math.min(max, max - Math.floor(others + 1 - OTHERS_TAKE)));
+}
+
+/** The share of a core other processes must keep busy to take it. */
+export const OTHERS_TAKE = 0.6;
+
+/** How often {@link adaptThreads} reads the load, in milliseconds. */
+export const LOAD_WINDOW_MS = 2000;
+
+/** The governor's state: the last reading and when it was taken. */
+let last: { times: CpuTimes; at: number } | null = null;
+
+/**
+ * Whether the thread count follows the load: no count was asked for
+ * (`MEC_THREADS`, `MEC_BLAS_THREADS`, `OMP_NUM_THREADS`) and `/proc` can be
+ * read (Linux).
+ */
+let adaptive: boolean | undefined;
+
+/**
+ * Chooses the thread count of every pool from the load of the last
+ * {@link LOAD_WINDOW_MS} or more: one fewer thread for each core other
+ * processes keep busy ({@link chooseThreads}), back to all the cores when
+ * they are free again. A training loop calls it between steps (the CPU
+ * backend's `endStep`); it costs a clock reading, and two small file
+ * reads once a window. Returns the count when it changed, else null.
+ *
+ * A run's float32 rounding then depends on the load (oneDNN's reductions
+ * split by thread); `MEC_THREADS` fixes the count, for runs and resumes
+ * that must repeat bit for bit.
+ */
+export function adaptThreads(now = performance.now()): number | null {
+  if (adaptive === undefined) {
+    adaptive = requestedThreads() === null &&
+      (Deno.env.get("OMP_NUM_THREADS") ?? "") === "" &&
+      readCpuTimes() !== null;
+  }
+  if (!adaptive) return null;
+  if (last !== null && now - last.at < LOAD_WINDOW_MS) return null;
+  const times = readCpuTimes();
+  if (times === null) return null;
+  const before = last;
+  last = { times, at: now };
+  if (before === null) return null;
+  const { others } = coresBetween(before.times, times);
+  const max = maxThreads();
+  const threads = chooseThreads(max, others);
+  if (threads === (adapted ?? max)) return null;
+  setThreadCount(threads);
+  return threads;
+}
+
+/** The cores the pools start with: OpenMP's count, else the machine's. */
+function maxThreads(): number {
+  if (startThreads === undefined) {
+    const omp = openMp();
+    startThreads = omp?.omp_get_max_threads() ?? navigator.hardwareConcurrency;
+  }
+  return startThreads;
+}
+
+/**
+ * Sets every pool's thread count now: OpenMP's on this thread, OpenBLAS's,
+ * and the count oneDNN's plans are cached under. {@link adaptThreads} calls
+ * it when the load changes; tests call it to see both counts in one run.
+ */
+export function setThreadCount(threads: number): void {
+  maxThreads();
+  adapted = threads;
+  openMp()?.omp_set_num_threads(threads);
+  for (const set of followers) set(threads);
 }

@@ -124,8 +124,9 @@ function step(
     model.updateTeacher(s.teacherMomentum);
     return { loss: value, mec: mecValue * s.mu };
   });
-  // The cache keeps what this step reused and gives back the rest.
-  x1.backend.trimCache?.();
+  // The cache keeps what this step reused and gives back the rest; the CPU
+  // backend's thread count follows the load.
+  x1.backend.endStep?.();
   return result;
 }
 

@@ -582,11 +582,13 @@ export interface Backend {
   /** Releases cached blocks to the system. */
   emptyCache(): void;
   /**
-   * Releases the cached blocks that no allocation used since the last call.
-   * A training loop calls it once per step, so the cache keeps what every
-   * step reuses and returns the rest. Backends without it keep their cache.
+   * The end of a training step; a training loop calls it once per step.
+   * The cache releases the blocks no allocation used since the last call,
+   * so it keeps what every step reuses and returns the rest; the CPU
+   * backend also revisits its thread count (cpu/threads.ts). Backends
+   * without it keep their cache.
    */
-  trimCache?(): void;
+  endStep?(): void;
 
   // --- BLAS -----------------------------------------------------------------
   gemm(args: GemmArgs): void;

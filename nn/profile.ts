@@ -64,7 +64,7 @@ const KIND_OF: Record<OpName, ProfileKind> = {
   alloc: "allocation",
   free: "allocation",
   emptyCache: "allocation",
-  trimCache: "allocation",
+  endStep: "allocation",
   write: "host copies",
   read: "host copies",
   copy: "elementwise",
@@ -139,7 +139,7 @@ function elementsTouched(op: OpName, args: unknown[]): number {
   const a = args[0];
   if (
     op === "alloc" || op === "free" || op === "emptyCache" ||
-    op === "trimCache"
+    op === "endStep"
   ) {
     return 0;
   }

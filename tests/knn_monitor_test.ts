@@ -21,7 +21,7 @@ import { finalReport } from "../tools/probe_loop.ts";
 import { snapshotState } from "../tools/probe.ts";
 import { assert } from "./assert.ts";
 import { testDevice } from "./device.ts";
-import { makeImageFolders, runDeno, TINY } from "./tool_runs.ts";
+import { FIXED_THREADS, makeImageFolders, runDeno, TINY } from "./tool_runs.ts";
 
 /** 16x16 grey images whose brightness says the class, with noise. */
 function brightnessSet(count: number, seed: number): ArrayDataset {
@@ -111,7 +111,12 @@ Deno.test("KnnMonitor.measure() is knnAccuracy() of the backbone's eval-mode fea
 });
 
 function pretrain(args: string[]) {
-  return runDeno("tools/pretrain.ts", ["--device", testDevice, ...args]);
+  // A fixed thread count: the runs are compared bit for bit.
+  return runDeno(
+    "tools/pretrain.ts",
+    ["--device", testDevice, ...args],
+    FIXED_THREADS,
+  );
 }
 
 async function records(dir: string) {

@@ -75,6 +75,15 @@ export interface Run {
 }
 
 /**
+ * The environment of tool runs that must repeat bit for bit: a fixed thread
+ * count, since a count that follows the machine's load (cpu/threads.ts)
+ * changes float32 rounding when the load changes between the runs.
+ */
+export const FIXED_THREADS: Readonly<Record<string, string>> = {
+  MEC_THREADS: String(navigator.hardwareConcurrency),
+};
+
+/**
  * Runs `deno run` with the tools' {@link PERMISSIONS} on `script` (relative
  * to the repository root) and `args`, without colours, with `env` added.
  */

@@ -16,6 +16,7 @@ import {
   scope,
 } from "../mod.ts";
 import {
+  FIXED_THREADS,
   FIXTURES,
   JPEGS,
   PERMISSIONS,
@@ -31,8 +32,12 @@ import { testDevice } from "./device.ts";
 function tool(name: "pretrain" | "lincls", args: string[]): Promise<Run> {
   // The device under test first: a case's own --device comes later and wins.
   // The default convolutions (oneDNN where installed): resumed runs must
-  // match uninterrupted ones with what users get.
-  return runDeno(`tools/${name}.ts`, ["--device", testDevice, ...args]);
+  // match uninterrupted ones with what users get, at a fixed thread count.
+  return runDeno(
+    `tools/${name}.ts`,
+    ["--device", testDevice, ...args],
+    FIXED_THREADS,
+  );
 }
 
 /** DATA/{train,val}/{a,b}/*.jpg with four real JPEGs per class. */

@@ -66,13 +66,15 @@ export async function runTool(
 
 /**
  * One rank's process settings: the CPU backend's threads (OpenBLAS,
- * oneDNN) shared out among the ranks of the node (unless MEC_THREADS or
- * MEC_BLAS_THREADS says otherwise), stdout silent on
+ * oneDNN) shared out among the ranks of the node where there are several
+ * (unless MEC_THREADS or MEC_BLAS_THREADS says otherwise; a single process
+ * keeps the count that follows the load, cpu/threads.ts), stdout silent on
  * ranks other than 0, and SIGTERM (what `mpirun` sends on Ctrl-C) and
  * SIGUSR2 (which it forwards) turned into the SIGINT the tools handle.
  */
 function prepareRank(ranks: Ranks): void {
   if (
+    ranks.world.localSize > 1 &&
     Deno.env.get("MEC_THREADS") === undefined &&
     Deno.env.get("MEC_BLAS_THREADS") === undefined
   ) {

@@ -1,0 +1,115 @@
+/**
+ * The machine's load, read off Linux's `/proc`: how many cores other
+ * processes keep busy, for the thread count that follows it (threads.ts).
+ *
+ * The files are read through libc's `open` and `read`, since Deno lets
+ * only `--allow-all` read `/proc`; the tools run with `--allow-ffi`, which
+ * can read any file anyway. Where libc or `/proc` is missing (macOS,
+ * Windows) the readings are null and nothing follows the load.
+ *
+ * @module
+ */
+
+/**
+ * CPU time in clock ticks: the machine's busy time (time stolen by the
+ * hypervisor included: a core we do not get is as lost as one another
+ * process takes), its total time over all cores, this process's own time
+ * (all its threads), and the number of cores.
+ */
+export interface CpuTimes {
+  busy: number;
+  total: number;
+  self: number;
+  cores: number;
+}
+
+/**
+ * Parses `/proc/stat` and `/proc/self/stat`; null where either is not in
+ * the expected form.
+ */
+export function parseCpuTimes(stat: string, selfStat: string): CpuTimes | null {
+  const lines = stat.split("\n");
+  // cpu user nice system idle iowait irq softirq steal (guest is in user).
+  const f = lines[0].trim().split(/\s+/);
+  if (f[0] !== "cpu" || f.length < 9) return null;
+  const t = f.slice(1, 9).map(Number);
+  if (t.some((x) => !Number.isFinite(x))) return null;
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = t;
+  const cores = lines.filter((l) => /^cpu\d+\s/.test(l)).length;
+  // The command's name, in parentheses, may hold spaces: fields count from
+  // the last ")"; utime and stime are the 14th and 15th fields.
+  const rest = selfStat.slice(selfStat.lastIndexOf(")") + 1).trim()
+    .split(/\s+/);
+  const self = Number(rest[11]) + Number(rest[12]);
+  if (cores === 0 || !Number.isFinite(self)) return null;
+  return {
+    busy: user + nice + system + irq + softirq + steal,
+    total: user + nice + system + idle + iowait + irq + softirq + steal,
+    self,
+    cores,
+  };
+}
+
+/**
+ * The cores other processes kept busy between two readings (stolen time
+ * included), and the cores this process used.
+ */
+export function coresBetween(
+  a: CpuTimes,
+  b: CpuTimes,
+): { others: number; self: number } {
+  const elapsed = (b.total - a.total) / b.cores;
+  if (elapsed <= 0) return { others: 0, self: 0 };
+  const self = (b.self - a.self) / elapsed;
+  return { others: Math.max(0, (b.busy - a.busy) / elapsed - self), self };
+}
+
+const libcSymbols = {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "i64" },
+  close: { parameters: ["i32"], result: "i32" },
+} as const;
+
+/** libc, or null where it cannot be opened; undefined until first asked. */
+let libc: Deno.DynamicLibrary<typeof libcSymbols>["symbols"] | null | undefined;
+
+/**
+ * The cpu lines of `/proc/stat` (about 150 bytes a core) and all of
+ * `/proc/self/stat` fit; the rest of `/proc/stat` is not needed.
+ */
+const READ_BYTES = 1 << 16;
+const buffer = new Uint8Array(READ_BYTES);
+
+/** The first READ_BYTES of a file, or null where it cannot be read. */
+function readStart(path: string): string | null {
+  if (libc === undefined) {
+    try {
+      libc = Deno.dlopen("libc.so.6", libcSymbols).symbols;
+    } catch {
+      libc = null;
+    }
+  }
+  if (libc === null) return null;
+  const fd = libc.open(new TextEncoder().encode(path + "\0"), 0);
+  if (fd < 0) return null;
+  try {
+    let length = 0;
+    while (length < READ_BYTES) {
+      const n = Number(
+        libc.read(fd, buffer.subarray(length), BigInt(READ_BYTES - length)),
+      );
+      if (n <= 0) break;
+      length += n;
+    }
+    return new TextDecoder().decode(buffer.subarray(0, length));
+  } finally {
+    libc.close(fd);
+  }
+}
+
+/** This machine's CPU times, or null where `/proc` cannot be read. */
+export function readCpuTimes(): CpuTimes | null {
+  const stat = readStart("/proc/stat");
+  const self = readStart("/proc/self/stat");
+  return stat === null || self === null ? null : parseCpuTimes(stat, self);
+}
