@@ -181,10 +181,12 @@ export function followThreadCount(set: (threads: number) => void): void {
 
 /**
  * The thread count for `max` cores of which other processes keep `others`
- * busy: a core counts as taken from OTHERS_TAKE of it. On two cores with a
- * busy loop on one, the demo's step took 0.59 s on two threads against
- * 0.26 s on one, since each parallel region waits for the thread the
- * scheduler gave away; on an idle machine two took 0.17 s.
+ * busy: a core counts as taken from OTHERS_TAKE of it, low enough that a
+ * busy loop sharing a core with one of ours (which gets it only part of
+ * the time) still takes it. On two cores with a busy loop on one, the
+ * demo's step ran 197-201 pairs/s on the thread left to it against 64-69
+ * on two, since each parallel region waits for the thread the scheduler
+ * gave away (207-212 on one fixed thread; 307-333 on two idle cores).
  */
 export function chooseThreads(max: number, others: number): number {
   return Math.max(1, Math.min(max, max - Math.floor(others + 1 - OTHERS_TAKE)));

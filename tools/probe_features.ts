@@ -78,6 +78,8 @@ async function* featureBatches(
       scope(() => {
         const f = probe.features(tensor(values, [rows, c, h, w]));
         features.set(f.toArray(), start * probe.featureDim);
+        // As a training step's end: the CPU's thread count follows the load.
+        f.backend.endStep?.();
       });
     }
     loader.recycle(batch);
