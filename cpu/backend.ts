@@ -53,7 +53,7 @@ import * as conv from "./conv.ts";
 import { type Dnnl, dnnl, tryDnnl } from "./dnnl.ts";
 import { convKey, type ConvOp, DnnlConvolutions } from "./dnnl_conv.ts";
 import { DnnlOps, SWAP_ROWS } from "./dnnl_ops.ts";
-import { adaptThreads, SMALL_GEMM } from "./threads.ts";
+import { adaptThreads, SMALL_GEMM, threadCount } from "./threads.ts";
 import { type BlockedLayout, Layouts } from "./layout.ts";
 import * as ew from "./elementwise.ts";
 import * as pool from "./pool.ts";
@@ -374,6 +374,11 @@ export class CpuBackend implements Backend {
         (this.#ops?.bytes ?? 0),
       peak: m.peak,
     };
+  }
+
+  threadsUnderLoad(): number | null {
+    const threads = threadCount();
+    return threads === 0 ? null : threads;
   }
 
   emptyCache(): void {

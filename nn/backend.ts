@@ -579,6 +579,12 @@ export interface Backend {
    */
   synchronize(): void;
   memory(): MemoryInfo;
+  /**
+   * The threads the backend computes on while the machine's load keeps it
+   * below the count it started with (the CPU backend, cpu/threads.ts),
+   * else null: for progress lines. Backends without it never lower it.
+   */
+  threadsUnderLoad?(): number | null;
   /** Releases cached blocks to the system. */
   emptyCache(): void;
   /**

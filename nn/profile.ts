@@ -55,6 +55,7 @@ type OpName = Exclude<
   | "configure"
   | "synchronize"
   | "memory"
+  | "threadsUnderLoad"
   | "batchNormReluReserve"
   | "maxPoolReserve"
 >;

@@ -89,7 +89,7 @@ Deno.test(
 );
 
 Deno.test(
-  `without MEC_THREADS the pools give a thread to a busy loop and take it back when it ends${onLinux}`,
+  `without MEC_THREADS the pools give a thread to a busy loop and take it back when it ends, and the backend says so${onLinux}`,
   {
     ignore: !linux || tryDnnl() === null,
   },
@@ -99,14 +99,21 @@ Deno.test(
     }";
     import { blas } from "${url("../cpu/blas.ts")}";
     import { tryDnnl } from "${url("../cpu/dnnl.ts")}";
+    import { CpuBackend } from "${url("../cpu/backend.ts")}";
     tryDnnl();
     const b = blas();
+    const backend = new CpuBackend();
     const gomp = Deno.dlopen("libgomp.so.1", {
       omp_get_max_threads: { parameters: [], result: "i32" },
     }).symbols;
     const max = gomp.omp_get_max_threads();
     const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-    const state = () => ({ blas: b.threads(), omp: gomp.omp_get_max_threads(), key: keyForThreads("k") });
+    const state = () => ({
+      blas: b.threads(),
+      omp: gomp.omp_get_max_threads(),
+      key: keyForThreads("k"),
+      progress: backend.threadsUnderLoad(),
+    });
     // The parent starts a busy loop, then tells us on stdin.
     const lines = Deno.stdin.readable.pipeThrough(new TextDecoderStream());
     const reader = lines.getReader();
@@ -171,9 +178,15 @@ Deno.test(
       blas: r.busy,
       omp: r.busy,
       key: `k, ${r.busy} ${unit}`,
+      progress: r.busy,
     });
     assert.equal(r.back, r.max, JSON.stringify(r));
-    assert.deepEqual(r.after, { blas: r.max, omp: r.max, key: "k" });
+    assert.deepEqual(r.after, {
+      blas: r.max,
+      omp: r.max,
+      key: "k",
+      progress: null,
+    });
   },
 );
 

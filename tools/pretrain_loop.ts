@@ -199,6 +199,8 @@ export async function train(
       steps++;
       nextBatch = batch.index + 1;
       const imagesPerSecond = args.batchSize / seconds;
+      // Fewer CPU threads while other processes keep cores busy.
+      const threads = backend.threadsUnderLoad?.() ?? null;
       log.write({
         event: "step",
         epoch,
@@ -212,6 +214,7 @@ export async function train(
         time: seconds,
         data: dataSeconds,
         imagesPerSecond,
+        ...(threads === null ? {} : { threads }),
       });
       if (batch.index % args.printFreq === 0 || iteration + 1 === last) {
         const remaining = (last - iteration - 1) * timer.batchTime.average;
@@ -225,6 +228,7 @@ export async function train(
           `lr ${fmt(lrNow)}`,
           ...(knn.top1 === null ? [] : [`kNN ${knn.top1.toFixed(2)}`]),
           `${imagesPerSecond.toFixed(1)} img/s`,
+          ...(threads === null ? [] : [`threads ${threads}`]),
           `ETA ${formatDuration(remaining)}`,
         ]));
       }
