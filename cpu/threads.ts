@@ -201,6 +201,18 @@ export const LOAD_WINDOW_MS = 2000;
 /** The governor's state: the last reading and when it was taken. */
 let last: { times: CpuTimes; at: number } | null = null;
 
+/** The cores other processes kept busy over the last window. */
+let othersSeen: number | null = null;
+
+/**
+ * The cores other processes kept busy over the last window
+ * {@link adaptThreads} measured, or null before its first: what its last
+ * choice was made from.
+ */
+export function loadSeen(): number | null {
+  return othersSeen;
+}
+
 /**
  * Whether the thread count follows the load: no count was asked for
  * (`MEC_THREADS`, `MEC_BLAS_THREADS`, `OMP_NUM_THREADS`) and `/proc` can be
@@ -234,6 +246,7 @@ export function adaptThreads(now = performance.now()): number | null {
   last = { times, at: now };
   if (before === null) return null;
   const { others } = coresBetween(before.times, times);
+  othersSeen = others;
   const max = maxThreads();
   const threads = chooseThreads(max, others);
   if (threads === (adapted ?? max)) return null;
