@@ -27,6 +27,7 @@ import { blas } from "../cpu/blas.ts";
 import { setDefaultDevice, useDevice } from "../mod.ts";
 import type { ConvOp } from "../cpu/dnnl_conv.ts";
 import type { DataBuffer } from "../nn/backend.ts";
+import { peakResidentBytes } from "../nn/proc.ts";
 import { runDataBench } from "./data_bench.ts";
 import { mecCases, type ModelCase, modelCases } from "./models.ts";
 import {
@@ -570,16 +571,6 @@ async function imagesPerSecond(
   return { rate: c.images / best.seconds, ...best };
 }
 
-/** The process's peak resident memory (VmHWM) in bytes, or null. */
-function peakResident(): number | null {
-  try {
-    const status = Deno.readTextFileSync("/proc/self/status");
-    return Number(/^VmHWM:\s+(\d+)\s+kB/m.exec(status)![1]) * 1024;
-  } catch {
-    return null;
-  }
-}
-
 /**
  * Each case's rate, with its CPU seconds beside its wall seconds and the
  * process's peak resident memory so far (cases run in order, so a case's
@@ -588,7 +579,7 @@ function peakResident(): number | null {
 async function modelSection(cases: ModelCase[], unit: string): Promise<void> {
   for (const c of cases) {
     const r = await imagesPerSecond(c, 1);
-    const peak = peakResident();
+    const peak = peakResidentBytes();
     if (json) {
       report(c.name, r.rate, unit);
       report(

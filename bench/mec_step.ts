@@ -23,6 +23,7 @@ import {
   SGD,
   useDevice,
 } from "../mod.ts";
+import { peakResidentBytes } from "../nn/proc.ts";
 
 const { values } = parseArgs({
   options: {
@@ -35,12 +36,6 @@ const { values } = parseArgs({
 const batch = Number(values.batch);
 const size = Number(values.size);
 const steps = Number(values.steps);
-
-/** VmHWM of this process in bytes. */
-function peakResident(): number {
-  const status = Deno.readTextFileSync("/proc/self/status");
-  return Number(/^VmHWM:\s+(\d+)\s+kB/m.exec(status)![1]) * 1024;
-}
 
 await useDevice("cpu");
 setDefaultDevice("cpu");
@@ -82,6 +77,6 @@ console.log(JSON.stringify({
   } ${size}px batch ${batch}`,
   pairsPerSecond: batch / best.seconds,
   ...best,
-  peakResidentBytes: peakResident(),
+  peakResidentBytes: peakResidentBytes(),
   threads: Deno.env.get("MEC_THREADS") ?? "default",
 }));

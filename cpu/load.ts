@@ -1,14 +1,13 @@
 /**
- * The machine's load, read off Linux's `/proc`: how many cores other
- * processes keep busy, for the thread count that follows it (threads.ts).
- *
- * The files are read through libc's `open` and `read`, since Deno lets
- * only `--allow-all` read `/proc`; the tools run with `--allow-ffi`, which
- * can read any file anyway. Where libc or `/proc` is missing (macOS,
- * Windows) the readings are null and nothing follows the load.
+ * The machine's load, read off Linux's `/proc` (nn/proc.ts): how many
+ * cores other processes keep busy, for the thread count that follows it
+ * (threads.ts). Where `/proc` cannot be read (macOS, Windows) the readings
+ * are null and nothing follows the load.
  *
  * @module
  */
+
+import { readProc } from "../nn/proc.ts";
 
 /**
  * CPU time in clock ticks: the machine's busy time (time stolen by the
@@ -64,52 +63,9 @@ export function coresBetween(
   return { others: Math.max(0, (b.busy - a.busy) / elapsed - self), self };
 }
 
-const libcSymbols = {
-  open: { parameters: ["buffer", "i32"], result: "i32" },
-  read: { parameters: ["i32", "buffer", "usize"], result: "i64" },
-  close: { parameters: ["i32"], result: "i32" },
-} as const;
-
-/** libc, or null where it cannot be opened; undefined until first asked. */
-let libc: Deno.DynamicLibrary<typeof libcSymbols>["symbols"] | null | undefined;
-
-/**
- * The cpu lines of `/proc/stat` (about 150 bytes a core) and all of
- * `/proc/self/stat` fit; the rest of `/proc/stat` is not needed.
- */
-const READ_BYTES = 1 << 16;
-const buffer = new Uint8Array(READ_BYTES);
-
-/** The first READ_BYTES of a file, or null where it cannot be read. */
-function readStart(path: string): string | null {
-  if (libc === undefined) {
-    try {
-      libc = Deno.dlopen("libc.so.6", libcSymbols).symbols;
-    } catch {
-      libc = null;
-    }
-  }
-  if (libc === null) return null;
-  const fd = libc.open(new TextEncoder().encode(path + "\0"), 0);
-  if (fd < 0) return null;
-  try {
-    let length = 0;
-    while (length < READ_BYTES) {
-      const n = Number(
-        libc.read(fd, buffer.subarray(length), BigInt(READ_BYTES - length)),
-      );
-      if (n <= 0) break;
-      length += n;
-    }
-    return new TextDecoder().decode(buffer.subarray(0, length));
-  } finally {
-    libc.close(fd);
-  }
-}
-
 /** This machine's CPU times, or null where `/proc` cannot be read. */
 export function readCpuTimes(): CpuTimes | null {
-  const stat = readStart("/proc/stat");
-  const self = readStart("/proc/self/stat");
+  const stat = readProc("/proc/stat");
+  const self = readProc("/proc/self/stat");
   return stat === null || self === null ? null : parseCpuTimes(stat, self);
 }

@@ -28,6 +28,7 @@
  */
 
 import type { Backend, DataBuffer, GemmArgs } from "./backend.ts";
+import { peakResidentBytes } from "./proc.ts";
 
 /** The kinds ops are grouped into, in the order they are printed. */
 export const PROFILE_KINDS = [
@@ -172,17 +173,6 @@ function elementsTouched(op: OpName, args: unknown[]): number {
     }
   }
   return total;
-}
-
-/** VmHWM of /proc/self/status in bytes, or null where it cannot be read. */
-function peakResidentBytes(): number | null {
-  try {
-    const status = Deno.readTextFileSync("/proc/self/status");
-    const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(status);
-    return m ? Number(m[1]) * 1024 : null;
-  } catch {
-    return null;
-  }
 }
 
 interface Counter {

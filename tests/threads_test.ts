@@ -3,6 +3,7 @@ import { runWith } from "./subprocess.ts";
 import { chooseThreads } from "../cpu/threads.ts";
 import { coresBetween, parseCpuTimes, readCpuTimes } from "../cpu/load.ts";
 import { tryDnnl } from "../cpu/dnnl.ts";
+import { peakResidentBytes, readProc } from "../nn/proc.ts";
 
 const linux = readCpuTimes() !== null;
 const onLinux = linux ? "" : " (skipped: /proc cannot be read here)";
@@ -29,6 +30,22 @@ Deno.test("/proc's counters parse into busy, total and own ticks, stolen time co
   assert.equal(parseCpuTimes("cpu  1 2 x 4 5 6 7 8\ncpu0 1\n", SELF), null);
   assert.equal(parseCpuTimes(STAT, "4242 (deno) R"), null);
 });
+
+Deno.test(
+  `/proc reads through libc: this process's peak resident memory is at least what it holds now${onLinux}`,
+  {
+    ignore: !linux,
+  },
+  () => {
+    const peak = peakResidentBytes();
+    assert.ok(
+      peak !== null && peak >= Deno.memoryUsage().rss * 0.99,
+      `${peak}`,
+    );
+    assert.match(readProc("/proc/self/stat")!, new RegExp(`^${Deno.pid} \\(`));
+    assert.equal(readProc("/proc/no-such-file"), null);
+  },
+);
 
 Deno.test("the cores other processes kept busy are the machine's busy cores less this process's", () => {
   const a = { busy: 190, total: 1000, self: 40, cores: 2 };
