@@ -13,7 +13,10 @@ import { readProc } from "../nn/proc.ts";
  * CPU time in clock ticks: the machine's busy time (time stolen by the
  * hypervisor included: a core we do not get is as lost as one another
  * process takes), its total time over all cores, this process's own time
- * (all its threads), and the number of cores.
+ * (all its threads), and the number of cores. Processes of a lower
+ * priority than ours (a higher nice value: `nice make -j`) yield their
+ * cores to us, so their time counts as busy only when we are niced too;
+ * otherwise they would fill each core we leave and keep it.
  */
 export interface CpuTimes {
   busy: number;
@@ -36,13 +39,15 @@ export function parseCpuTimes(stat: string, selfStat: string): CpuTimes | null {
   const [user, nice, system, idle, iowait, irq, softirq, steal] = t;
   const cores = lines.filter((l) => /^cpu\d+\s/.test(l)).length;
   // The command's name, in parentheses, may hold spaces: fields count from
-  // the last ")"; utime and stime are the 14th and 15th fields.
+  // the last ")"; utime and stime are the 14th and 15th.
   const rest = selfStat.slice(selfStat.lastIndexOf(")") + 1).trim()
     .split(/\s+/);
   const self = Number(rest[11]) + Number(rest[12]);
-  if (cores === 0 || !Number.isFinite(self)) return null;
+  // Our nice value, the 19th field.
+  const ourNice = Number(rest[16]);
+  if (cores === 0 || !Number.isFinite(self + ourNice)) return null;
   return {
-    busy: user + nice + system + irq + softirq + steal,
+    busy: user + (ourNice > 0 ? nice : 0) + system + irq + softirq + steal,
     total: user + nice + system + idle + iowait + irq + softirq + steal,
     self,
     cores,

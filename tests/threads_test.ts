@@ -19,13 +19,15 @@ ctxt 999
 const SELF =
   "4242 (deno (main) x) R 1 4242 4242 0 -1 4194304 100 0 0 0 37 5 0 0 20 0 9";
 
-Deno.test("/proc's counters parse into busy, total and own ticks, stolen time counted as busy", () => {
+Deno.test("/proc's counters parse into busy, total and own ticks, stolen time counted as busy, niced time only when we are niced", () => {
   assert.deepEqual(parseCpuTimes(STAT, SELF), {
-    busy: 100 + 5 + 50 + 2 + 3 + 30,
+    busy: 100 + 50 + 2 + 3 + 30,
     total: 1000,
     self: 37 + 5,
     cores: 2,
   });
+  const niced = SELF.replace(" 20 0 9", " 30 10 9");
+  assert.equal(parseCpuTimes(STAT, niced)?.busy, 100 + 5 + 50 + 2 + 3 + 30);
   assert.equal(parseCpuTimes("intr 1 2 3\n", SELF), null);
   assert.equal(parseCpuTimes("cpu  1 2 x 4 5 6 7 8\ncpu0 1\n", SELF), null);
   assert.equal(parseCpuTimes(STAT, "4242 (deno) R"), null);
