@@ -164,8 +164,9 @@ Deno.test(
     }).spawn();
     const writer = child.stdin.getWriter();
     const out = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let hog = new Deno.Command("sh", { args: ["-c", "while :; do :; done"] })
-      .spawn();
+    let hog: Deno.ChildProcess | null = new Deno.Command("sh", {
+      args: ["-c", "while :; do :; done"],
+    }).spawn();
     let text = "";
     try {
       await new Promise((r) => setTimeout(r, 300));
@@ -177,7 +178,7 @@ Deno.test(
       }
       hog.kill();
       await hog.status;
-      hog = null as unknown as Deno.ChildProcess;
+      hog = null;
       await writer.write(new TextEncoder().encode("go\n"));
       await writer.close();
       for (;;) {
