@@ -85,10 +85,11 @@ Deno.test(
   async () => {
     const a = readCpuTimes()!;
     const t0 = performance.now();
-    while (performance.now() - t0 < 400) { /* a core's worth of our own */ }
+    // A core's worth of our own; a shared host may give us part of it.
+    while (performance.now() - t0 < 400) { /* spin */ }
     const b = readCpuTimes()!;
     assert.ok(
-      coresBetween(a, b).self >= 0.5,
+      coresBetween(a, b).self >= 0.25,
       JSON.stringify(coresBetween(a, b)),
     );
     const hog = new Deno.Command("sh", { args: ["-c", "while :; do :; done"] })
