@@ -269,7 +269,7 @@ function maxThreads(): number {
  * it when the load changes; tests call it to see both counts in one run.
  */
 export function setThreadCount(threads: number): void {
-  maxThreads();
+  maxThreads(); // The starting count, read before it changes.
   adapted = threads;
   openMp()?.omp_set_num_threads(threads);
   for (const set of followers) set(threads);

@@ -78,10 +78,12 @@ async function* featureBatches(
       scope(() => {
         const f = probe.features(tensor(values, [rows, c, h, w]));
         features.set(f.toArray(), start * probe.featureDim);
-        // As a training step's end: the CPU's thread count follows the load.
-        f.backend.endStep?.();
       });
     }
+    // Once a batch, as a training step's end (the probe's step on it, where
+    // features are not cached, falls in the same window): the cache keeps
+    // what each batch reuses and the CPU's thread count follows the load.
+    probe.head.parameters()[0].backend.endStep?.();
     loader.recycle(batch);
     yield { features, labels: batch.labels };
   }

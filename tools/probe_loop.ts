@@ -85,7 +85,6 @@ export async function trainProbe(run: ProbeRun): Promise<ProbeOutcome> {
       });
       x.dispose();
       optimizer.zeroGrad();
-      backend.endStep?.();
       seen += labels.length;
       if (!Number.isFinite(loss)) {
         throw new NonFiniteLossError(
