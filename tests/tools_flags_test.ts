@@ -10,8 +10,8 @@ import {
   parseCommand,
   recordedSettings,
 } from "../tools/flags.ts";
-import { LINCLS_FLAGS, OFFICIAL } from "../tools/lincls_args.ts";
-import { PAPER, PRETRAIN_FLAGS } from "../tools/pretrain_args.ts";
+import { LINCLS_FLAGS, OFFICIAL, recordedArch } from "../tools/lincls_args.ts";
+import { evalSizeOf, PAPER, PRETRAIN_FLAGS } from "../tools/pretrain_args.ts";
 import { progressLine } from "../tools/progress.ts";
 import { assert, assertThrows } from "./assert.ts";
 
@@ -83,6 +83,43 @@ Deno.test("parsed and recorded flags land in the same fields, by the same rules"
       recordedSettings({ batchSize: 1 }, PRETRAIN_FLAGS, "ckpt.safetensors"),
     /^The checkpoint ckpt\.safetensors records a setting the flags do not allow: --batch-size must be at least 2, not 1\.$/,
   );
+});
+
+Deno.test("the probe takes the backbone from a pretraining's record, at its evaluation side", () => {
+  const pretrained = {
+    ...PAPER,
+    arch: "resnet18",
+    width: 16,
+    smallStem: true,
+    imageSize: 24,
+    evalSize: 28,
+  };
+  const arch = { arch: "resnet18", width: 16, smallStem: true };
+  assert.deepEqual(recordedArch(pretrained, "a.safetensors"), {
+    ...arch,
+    imageSize: 28,
+  });
+  assert.equal(evalSizeOf(pretrained), 28);
+  // Without an evaluation side (null, or a checkpoint older than the
+  // flag), the side it trained on.
+  const { evalSize: _, ...older } = pretrained;
+  for (const r of [{ ...pretrained, evalSize: null }, older]) {
+    assert.deepEqual(recordedArch(r, "b.safetensors"), {
+      ...arch,
+      imageSize: 24,
+    });
+    assert.equal(evalSizeOf({ imageSize: 24, evalSize: null }), 24);
+  }
+  assertThrows(
+    () => recordedArch({ ...pretrained, evalSize: 4 }, "c.safetensors"),
+    /^The checkpoint c\.safetensors records a setting the flags do not allow: --eval-size must be at least 8, not 4\.$/,
+  );
+  // Given on the command line, pretraining's flag parses into the field.
+  const parsed = parseCommand<Record<string, unknown>>(
+    ["--eval-size", "36"],
+    PRETRAIN_FLAGS,
+  );
+  assert.equal(parsed.given.evalSize, 36);
 });
 
 Deno.test("the progress line pads the batch index to the width of the count", () => {

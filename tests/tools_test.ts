@@ -85,7 +85,15 @@ const data = join(tmp, "data");
 const run1 = join(tmp, "run1");
 
 Deno.test("pretrain writes loadable checkpoints and a JSON-lines log, and a resumed run repeats the losses exactly", async () => {
-  const full = await tool("pretrain", [data, ...TINY, "--out", run1]);
+  // The probe below takes its side from --eval-size.
+  const full = await tool("pretrain", [
+    data,
+    ...TINY,
+    "--eval-size",
+    "20",
+    "--out",
+    run1,
+  ]);
   assert.equal(full.code, 0, full.stderr);
   assert.match(
     full.stdout,
@@ -148,6 +156,11 @@ Deno.test("lincls probes the pretrained backbone, keeps the best probe and evalu
   ]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /resnet18 \(width 4, small stem\)/);
+  const start = JSON.parse(
+    (await Deno.readTextFile(join(out, "log.jsonl"))).split("\n")[0],
+  );
+  // Pretraining trained on 16 px views and evaluates at 20 px.
+  assert.equal(start.args.imageSize, 20);
   assert.match(r.stdout, /\* Epoch 1: Acc@1 \d+\.\d{3} Acc@2 100\.000/);
   assert.match(r.stdout, /the backbone is unchanged/);
   const best = await loadCheckpoint(join(out, "probe_best.safetensors"));

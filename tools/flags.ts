@@ -58,6 +58,7 @@ const COMMON = {
   width: { kind: "int", min: 1 },
   "small-stem": { kind: "bool" },
   "image-size": { kind: "int", min: 8 },
+  "eval-size": { kind: "int", min: 8 },
   epochs: { kind: "int", min: 1 },
   "start-epoch": { kind: "int", min: 0 },
   "batch-size": { short: "b", kind: "int", min: 2 },

@@ -34,15 +34,15 @@ import {
   silentLog,
 } from "./distributed.ts";
 import { DEMO_PROBE, demoSplits } from "./demo.ts";
-import { helpText, parseCommand, recordedSettings } from "./flags.ts";
+import { helpText, parseCommand } from "./flags.ts";
 import {
-  ARCH_FLAGS,
   checkProbeMetadata,
   DESCRIPTION,
   LINCLS_FLAGS,
   type LinclsArgs,
   OFFICIAL,
   type ProbeMetadata,
+  recordedArch,
   USAGE,
 } from "./lincls_args.ts";
 import {
@@ -148,11 +148,7 @@ export async function lincls(
   const recorded = pretrainedCkpt === null ||
       pretrainedCkpt.metadata.args === undefined
     ? {}
-    : recordedSettings<LinclsArgs>(
-      pretrainedCkpt.metadata.args,
-      LINCLS_FLAGS.filter((f) => ARCH_FLAGS.includes(f.name)),
-      pretrained!,
-    );
+    : recordedArch(pretrainedCkpt.metadata.args, pretrained!);
   const args = {
     ...OFFICIAL,
     ...(demo ? DEMO_PROBE : {}),

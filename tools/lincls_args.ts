@@ -56,7 +56,7 @@ export const LINCLS_FLAGS: readonly FlagSpec[] = [
   flag("small-stem", "small-image stem (default: the checkpoint's)"),
   flag(
     "image-size",
-    "input side in pixels (default: the checkpoint's, else 224)",
+    "input side in pixels (default: the checkpoint's --eval-size or --image-size, else 224)",
   ),
   flag("epochs", "number of epochs (default 100)"),
   flag("start-epoch", "epoch to start at (default 0)"),
@@ -160,6 +160,32 @@ export interface ProbeMetadata {
 
 /** The flags that describe the backbone, recorded by pretraining too. */
 export const ARCH_FLAGS = ["arch", "width", "small-stem", "image-size"];
+
+/**
+ * The backbone a pretraining checkpoint's recorded flags describe, checked
+ * by the probe's flag rules: its architecture, and as the image side the
+ * pretraining's evaluation side (`--eval-size`) where it recorded one, else
+ * the side it trained on.
+ */
+export function recordedArch(
+  recorded: unknown,
+  path: string,
+): Partial<LinclsArgs> {
+  const arch = recordedSettings<LinclsArgs>(
+    recorded,
+    LINCLS_FLAGS.filter((f) => ARCH_FLAGS.includes(f.name)),
+    path,
+  );
+  const { evalSize } = recordedSettings<{ evalSize: number | null }>(
+    recorded,
+    [flag("eval-size", "the pretraining's evaluation side")],
+    path,
+    ["evalSize"],
+  );
+  return evalSize === undefined || evalSize === null
+    ? arch
+    : { ...arch, imageSize: evalSize };
+}
 
 /**
  * A probe checkpoint's metadata, checked: its kind, its flags by the rules

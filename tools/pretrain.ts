@@ -62,6 +62,7 @@ import {
   checkCombination,
   checkPretrainMetadata,
   DESCRIPTION,
+  evalSizeOf,
   PAPER,
   PRETRAIN_FLAGS,
   type PretrainArgs,
@@ -227,7 +228,11 @@ export async function pretrain(
         describeArch(args)
       } on the first ${
         splits.pretrain.length.toLocaleString("en-US")
-      } training images of ${splits.description} at ${args.imageSize} px for ${args.epochs} epochs (5 to 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
+      } training images of ${splits.description} at ${args.imageSize} px${
+        evalSizeOf(args) === args.imageSize
+          ? ""
+          : ` (evaluated at ${evalSizeOf(args)} px)`
+      } for ${args.epochs} epochs (5 to 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
     );
   }
 
@@ -375,7 +380,7 @@ async function openData(
   const monitor = val === null ? null : new KnnMonitor(
     firstPerClass(dataset, args.knnBank, "knn-bank"),
     firstPerClass(val, args.knnQueries, "knn-queries"),
-    args.imageSize,
+    evalSizeOf(args),
     args.workers,
   );
   return { dataset, monitor };

@@ -44,6 +44,8 @@ export interface PretrainArgs {
   tf32: boolean;
   deterministic: boolean;
   imageSize: number;
+  /** Side of the evaluation images (kNN monitor, the probe's default), or null: `imageSize`. */
+  evalSize: number | null;
   /** RandomResizedCrop's smallest area fraction of both views. */
   minScale: number;
   smallStem: boolean;
@@ -130,6 +132,10 @@ export const PRETRAIN_FLAGS: readonly FlagSpec[] = [
   flag("tf32"),
   flag("deterministic"),
   flag("image-size", "side of the augmented views in pixels (default 224)"),
+  flag(
+    "eval-size",
+    "side of the evaluation images, the kNN monitor's and the probe's default (default: --image-size); random crops show objects larger than the whole image does at the same side, so evaluating above the training side matches the two",
+  ),
   {
     name: "min-scale",
     kind: "number",
@@ -223,6 +229,7 @@ export const PAPER: PretrainDefaults = {
   tf32: false,
   deterministic: false,
   imageSize: 224,
+  evalSize: null,
   minScale: 0.2,
   smallStem: false,
   width: 64,
@@ -242,6 +249,13 @@ a demo on the built-in Fashion-MNIST, sized to take about ten minutes on two
 CPU cores. A checkpoint is written at every epoch end
 (DIR/checkpoint_0000.safetensors, ...); Ctrl-C finishes the current step,
 saves and exits.`;
+
+/** The side the kNN monitor and, by default, the probe evaluate at. */
+export function evalSizeOf(
+  args: Pick<PretrainArgs, "imageSize" | "evalSize">,
+): number {
+  return args.evalSize ?? args.imageSize;
+}
 
 /** The resumable position and flags recorded in a checkpoint's metadata. */
 export interface PretrainMetadata {
@@ -271,7 +285,7 @@ export function checkPretrainMetadata(
     m.args,
     PRETRAIN_FLAGS,
     path,
-    ["resume", "maxIters"],
+    ["resume", "maxIters", "evalSize"],
   );
   const data = (m.args as Record<string, unknown>).data;
   if (data !== undefined && data !== null && typeof data !== "string") {
