@@ -232,7 +232,7 @@ export async function pretrain(
         evalSizeOf(args) === args.imageSize
           ? ""
           : ` (evaluated at ${evalSizeOf(args)} px)`
-      } for ${args.epochs} epochs (5 to 10 minutes on 2 cores); checkpoints go to ${args.out}.`,
+      } for ${args.epochs} epochs (about 10 minutes on 2 idle cores); checkpoints go to ${args.out}.`,
     );
   }
 
