@@ -143,13 +143,16 @@ Deno.test("pretrain --knn logs kNN top-1 every N iterations and at epoch ends, a
       "3",
       "--knn-queries",
       "2",
+      // The monitor's side: it must not change training either.
+      "--eval-size",
+      "20",
       "-p",
       "1",
     ]);
     assert.equal(knn.code, 0, knn.stderr);
     assert.match(
       knn.stdout,
-      /kNN monitor: .*6 bank images, 4 held-out queries, k 200, T 0\.1/,
+      /kNN monitor: .*6 bank images, 4 held-out queries at 20 px, k 200, T 0\.1/,
     );
     assert.match(knn.stdout, /\* kNN top-1 \d+\.\d\d % after epoch 0/);
     // After the first measurement the progress line carries the figure.

@@ -57,9 +57,9 @@ export class KnnMonitor {
     }
   }
 
-  /** "5000 bank images, 2000 held-out queries, k 200, T 0.1". */
+  /** "5000 bank images, 2000 held-out queries at 224 px, k 200, T 0.1". */
   describe(): string {
-    return `${this.bank.length} bank images, ${this.queries.length} held-out queries, k ${this.k}, T ${this.temperature}`;
+    return `${this.bank.length} bank images, ${this.queries.length} held-out queries at ${this.imageSize} px, k ${this.k}, T ${this.temperature}`;
   }
 
   /** The weighted kNN top-1 of `backbone`'s pooled features. */
