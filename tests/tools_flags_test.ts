@@ -108,8 +108,8 @@ Deno.test("the probe takes the backbone from a pretraining's record, at its eval
       ...arch,
       imageSize: 24,
     });
-    assert.equal(evalSizeOf({ imageSize: 24, evalSize: null }), 24);
   }
+  assert.equal(evalSizeOf({ imageSize: 24, evalSize: null }), 24);
   assertThrows(
     () => recordedArch({ ...pretrained, evalSize: 4 }, "c.safetensors"),
     /^The checkpoint c\.safetensors records a setting the flags do not allow: --eval-size must be at least 8, not 4\.$/,

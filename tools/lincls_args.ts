@@ -171,14 +171,14 @@ export function recordedArch(
   recorded: unknown,
   path: string,
 ): Partial<LinclsArgs> {
-  const arch = recordedSettings<LinclsArgs>(
+  const { evalSize, ...arch } = recordedSettings<
+    LinclsArgs & { evalSize: number | null }
+  >(
     recorded,
-    LINCLS_FLAGS.filter((f) => ARCH_FLAGS.includes(f.name)),
-    path,
-  );
-  const { evalSize } = recordedSettings<{ evalSize: number | null }>(
-    recorded,
-    [flag("eval-size", "the pretraining's evaluation side")],
+    [
+      ...LINCLS_FLAGS.filter((f) => ARCH_FLAGS.includes(f.name)),
+      flag("eval-size", "the pretraining's evaluation side"),
+    ],
     path,
     ["evalSize"],
   );

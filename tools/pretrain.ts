@@ -229,9 +229,9 @@ export async function pretrain(
       } on the first ${
         splits.pretrain.length.toLocaleString("en-US")
       } training images of ${splits.description} at ${args.imageSize} px${
-        evalSizeOf(args) === args.imageSize
+        args.evalSize === null || args.evalSize === args.imageSize
           ? ""
-          : ` (evaluated at ${evalSizeOf(args)} px)`
+          : ` (evaluated at ${args.evalSize} px)`
       } for ${args.epochs} epochs (about 10 minutes on 2 idle cores); checkpoints go to ${args.out}.`,
     );
   }
